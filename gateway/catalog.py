@@ -1,0 +1,131 @@
+"""The plan and model catalog (config/catalog.toml): what each plan allows and what each model costs."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.errors import ConfigError
+
+OVERAGE_POLICIES = ("hard", "payg_optional", "unlimited")
+NANOS_PER_UNIT = 10**9
+MINOR_PER_UNIT = 100
+
+
+def _decimal(where: str, value: Any) -> Decimal:
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"catalog {where}: {value!r} is not a decimal amount") from None
+    if amount < 0:
+        raise ConfigError(f"catalog {where}: {value!r} must not be negative")
+    return amount
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    display_name: str
+    price_minor: int
+    included_calls: int
+    unlimited_calls: bool
+    rate_per_minute: int
+    burst: int
+    model_tiers: tuple[str, ...]
+    overage: str
+    overage_minor_per_call: int
+    custom_quota: bool
+    support: str
+
+    def lua_fields(self) -> dict[str, Any]:
+        """The fields admit.lua needs, in a compact form."""
+        return {"inc": self.included_calls, "unl": int(self.unlimited_calls), "rpm": self.rate_per_minute,
+                "burst": self.burst, "tiers": {t: 1 for t in self.model_tiers}, "ovg": self.overage,
+                "custom": int(self.custom_quota)}
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    tier: str
+    upstream: str
+    input_nanos_per_token: int
+    output_nanos_per_token: int
+
+    def cost_nanos(self, prompt_tokens: int, completion_tokens: int) -> int:
+        return prompt_tokens * self.input_nanos_per_token + completion_tokens * self.output_nanos_per_token
+
+
+@dataclass(frozen=True)
+class Catalog:
+    version: str
+    currency: str
+    plans: dict[str, Plan]
+    models: dict[str, Model]
+    upstreams: tuple[str, ...]
+
+    def plans_json(self) -> bytes:
+        """All plans encoded once for admit.lua's ARGV (the catalog is constant for a process)."""
+        return orjson.dumps({name: plan.lua_fields() for name, plan in self.plans.items()})
+
+
+def _plan(name: str, raw: dict[str, Any]) -> Plan:
+    where = f"plans.{name}"
+    overage = raw.get("overage", "hard")
+    if overage not in OVERAGE_POLICIES:
+        raise ConfigError(f"catalog {where}.overage={overage!r} must be one of {OVERAGE_POLICIES}")
+    unlimited = bool(raw.get("unlimited_calls", False))
+    if not unlimited and not isinstance(raw.get("included_calls"), int):
+        raise ConfigError(f"catalog {where}.included_calls must be an integer (or unlimited_calls = true)")
+    for needed in ("rate_per_minute", "burst"):
+        if not isinstance(raw.get(needed), int) or raw[needed] <= 0:
+            raise ConfigError(f"catalog {where}.{needed} must be a positive integer")
+    tiers = raw.get("model_tiers")
+    if not isinstance(tiers, list) or not tiers:
+        raise ConfigError(f"catalog {where}.model_tiers must be a non-empty list")
+    return Plan(
+        name=name, display_name=str(raw.get("display_name", name)),
+        price_minor=int(_decimal(f"{where}.price", raw.get("price", "0")) * MINOR_PER_UNIT),
+        included_calls=int(raw.get("included_calls", 0)), unlimited_calls=unlimited,
+        rate_per_minute=raw["rate_per_minute"], burst=raw["burst"], model_tiers=tuple(tiers),
+        overage=overage,
+        overage_minor_per_call=int(_decimal(f"{where}.overage_price_per_call",
+                                            raw.get("overage_price_per_call", "0")) * MINOR_PER_UNIT),
+        custom_quota=bool(raw.get("custom_quota", False)), support=str(raw.get("support", "")),
+    )
+
+
+def _model(name: str, raw: dict[str, Any], upstreams: tuple[str, ...], tiers: set[str]) -> Model:
+    where = f"models.{name}"
+    if raw.get("upstream") not in upstreams:
+        raise ConfigError(f"catalog {where}.upstream={raw.get('upstream')!r} is not a declared upstream")
+    if raw.get("tier") not in tiers:
+        raise ConfigError(f"catalog {where}.tier={raw.get('tier')!r} is not a tier of any plan")
+    per_token = Decimal(NANOS_PER_UNIT) / Decimal(10**6)
+    return Model(name=name, tier=raw["tier"], upstream=raw["upstream"],
+                 input_nanos_per_token=int(_decimal(f"{where}.input_per_1m", raw.get("input_per_1m", "0"))
+                                           * per_token),
+                 output_nanos_per_token=int(_decimal(f"{where}.output_per_1m", raw.get("output_per_1m", "0"))
+                                            * per_token))
+
+
+def load_catalog(path: Path) -> Catalog:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"catalog file {path} does not exist (AIHUB_CATALOG)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"catalog file {path} is not valid TOML: {exc}") from None
+    if not raw.get("plans"):
+        raise ConfigError(f"catalog {path} declares no plans")
+    plans = {name: _plan(name, body) for name, body in raw["plans"].items()}
+    upstreams = tuple(raw.get("upstreams", {}).keys())
+    tiers = {tier for plan in plans.values() for tier in plan.model_tiers}
+    models = {name: _model(name, body, upstreams, tiers) for name, body in raw.get("models", {}).items()}
+    return Catalog(version=str(raw.get("version", "")), currency=str(raw.get("currency", "USD")),
+                   plans=plans, models=models, upstreams=upstreams)

@@ -1,0 +1,182 @@
+"""The decision: admit a request or refuse it, settle it afterwards, and the Redis-down policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from gateway import errors
+from gateway.catalog import Catalog, Model
+from gateway.keys import AccountKeys, ParsedKey
+from gateway.metrics import ADMIT_LATENCY, DECISIONS, REDIS_ERRORS
+from gateway.quota.admission import Admission, Usage
+from gateway.quota.batcher import ScriptBatcher
+from gateway.quota.periods import DAY_S, Clock, Period, PeriodCache, system_clock
+from gateway.quota.scripts import register_all
+from gateway.quota.spool import Spool
+from gateway.settings import Settings
+
+log = logging.getLogger("aihub.quota")
+DONE_TTL_S = 7 * DAY_S
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class QuotaEngine:
+    def __init__(self, settings: Settings, catalog: Catalog, client: Any, spool: Spool,
+                 clock: Clock = system_clock) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.client = client
+        self.spool = spool
+        self.clock = clock
+        self.scripts = register_all(client)
+        self.batcher = ScriptBatcher(client)
+        self.periods = PeriodCache()
+        self.plans_json = catalog.plans_json()
+        self.grace_s = settings.period_grace_days * DAY_S
+        self._verified: OrderedDict[str, float] = OrderedDict()   # sha256 -> last verified (fail-open)
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def account_keys(self, account_id: str) -> AccountKeys:
+        return AccountKeys(account_id, self.settings.shards)
+
+    # -- admit ---------------------------------------------------------------------------------------
+    async def admit(self, key: ParsedKey, model: Model | None, rid: str, billable: bool) -> Admission:
+        now = self.clock()
+        now_ms = int(now * 1000)
+        period = self.periods.at(now)
+        keys = self.account_keys(key.account_id)
+        admission = Admission(rid=rid, key=key, keys=keys, period=period, ts_start_ms=now_ms,
+                              billable=billable, model=model.name if model else "",
+                              upstream=model.upstream if model else "")
+        details = f"{key.key_id}|{admission.model}|{admission.upstream}|{period.name}|{now_ms}"
+        started = time.perf_counter()
+        try:
+            reply = await self.batcher.call(
+                self.scripts["admit"],
+                [keys.account, keys.api_key(key.key_id), keys.quota(period.name), keys.buckets,
+                 keys.boosts, keys.reservations, keys.reservation_data],
+                [key.sha256, key.key_id, model.tier if model else "", rid, now_ms, self.plans_json,
+                 now_ms + self.settings.reservation_ttl_s * 1000, period.end_s + self.grace_s,
+                 "1" if billable else "0", details])
+        except (RedisError, OSError) as exc:
+            return self._redis_down(admission, exc)
+        finally:
+            ADMIT_LATENCY.observe(time.perf_counter() - started)
+        return self._decide(admission, reply, period, now)
+
+    def _decide(self, admission: Admission, reply: list[Any], period: Period, now: float) -> Admission:
+        code = int(reply[0])
+        outcome = ("admitted", "bad_key", "account_inactive", "model_refused", "rate_limited",
+                   "quota_exhausted", "duplicate", "unknown_plan")[code]
+        DECISIONS.labels(outcome).inc()
+        if code == 0:
+            admission.plan = _text(reply[1])
+            admission.limit, admission.remaining = int(reply[2]), int(reply[3])
+            admission.rpm, admission.rate_remaining, admission.rate_reset_ms = (
+                int(reply[4]), int(reply[5]), int(reply[6]))
+            self._remember_verified(admission.key.sha256, now)
+            return admission
+        if code == 1:
+            raise errors.Unauthorized("Incorrect API key provided, or the key was revoked.")
+        if code == 2:
+            raise errors.PermissionDenied(f"The account is {_text(reply[1])}; requests are refused.",
+                                          code="account_inactive")
+        if code == 3:
+            raise errors.PermissionDenied(
+                f"The model `{admission.model}` is not available on the {_text(reply[1])} plan.",
+                param="model")
+        if code == 4:
+            retry_s = max(1, math.ceil(int(reply[2]) / 1000))
+            raise errors.RateLimited(
+                f"Rate limit reached for requests per {_text(reply[1])}: limit {int(reply[3])}/min. "
+                f"Try again in {retry_s}s.",
+                headers={"retry-after": str(retry_s), "x-ratelimit-limit-requests": str(int(reply[3])),
+                         "x-ratelimit-remaining-requests": "0"})
+        if code == 5:
+            retry_s = max(1, period.end_s - int(now))
+            raise errors.QuotaExceeded(
+                f"Monthly quota of {int(reply[2])} calls on the {_text(reply[1])} plan is used up "
+                f"({int(reply[3])} used); it resets at the start of the next month (in {retry_s}s). "
+                "Upgrade the plan, enable pay-as-you-go overage or ask for a temporary boost.",
+                headers={"retry-after": str(retry_s), "x-quota-limit": str(int(reply[2])),
+                         "x-quota-remaining": "0"})
+        if code == 6:
+            raise errors.InvalidRequest("Duplicate request id.", code="duplicate_request_id")
+        raise errors.ServiceUnavailable(f"Plan {_text(reply[1])!r} is not in this gateway's catalog.",
+                                        code="unknown_plan")
+
+    # -- Redis unavailable: the one place where the policy is applied --------------------------------
+    def _redis_down(self, admission: Admission, exc: BaseException) -> Admission:
+        REDIS_ERRORS.labels(type(exc).__name__).inc()
+        verified_at = self._verified.get(admission.key.sha256)
+        fresh = verified_at is not None and self.clock() - verified_at < 3600
+        if self.settings.redis_failure_policy == "open" and fresh:
+            DECISIONS.labels("admitted_degraded").inc()
+            admission.degraded = True
+            admission.plan = "unknown"
+            return admission
+        DECISIONS.labels("backend_unavailable").inc()
+        log.warning("quota backend unavailable: %s", exc)
+        raise errors.ServiceUnavailable(
+            "The quota service is temporarily unavailable; the request was not sent. Retry shortly.",
+            code="quota_backend_unavailable", headers={"retry-after": "1"})
+
+    def _remember_verified(self, sha256: str, now: float) -> None:
+        if self.settings.redis_failure_policy != "open":
+            return
+        self._verified[sha256] = now
+        self._verified.move_to_end(sha256)
+        if len(self._verified) > 100_000:
+            self._verified.popitem(last=False)
+
+    # -- settle --------------------------------------------------------------------------------------
+    def settle_args(self, admission: Admission, usage: Usage, now_ms: int) -> tuple[list[str], list[Any]]:
+        keys = admission.keys
+        return (
+            [keys.quota(admission.period.name), keys.reservations, keys.reservation_data,
+             keys.done_prefix + admission.rid, keys.usage, keys.notify],
+            [admission.rid, "1" if usage.billable else "0", usage.outcome, usage.status,
+             usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens,
+             usage.cost_nanos, usage.latency_ms, now_ms, DONE_TTL_S, admission.key.account_id,
+             admission.key.key_id, admission.plan, admission.model, admission.upstream,
+             admission.period.name, admission.ts_start_ms, admission.limit,
+             admission.period.end_s + self.grace_s])
+
+    async def settle(self, admission: Admission, usage: Usage) -> None:
+        """Settle now; if Redis cannot take it, the settle goes to the spool and is replayed later."""
+        if admission.settled:
+            return
+        admission.settled = True
+        keys, args = self.settle_args(admission, usage, int(self.clock() * 1000))
+        try:
+            await self.batcher.call(self.scripts["settle"], keys, args)
+        except (RedisError, OSError) as exc:
+            REDIS_ERRORS.labels(type(exc).__name__).inc()
+            self.spool.append(keys, args)
+
+    def settle_soon(self, admission: Admission, usage: Usage) -> None:
+        """Settle off the response's critical path."""
+        task = asyncio.get_running_loop().create_task(self.settle(admission, usage))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def replay_spool(self) -> int:
+        """Replays spooled settles once Redis answers; exactly once thanks to settle's done marker."""
+        async def send(keys: list[str], args: list[Any]) -> None:
+            await self.batcher.call(self.scripts["settle"], keys, args)
+        return await self.spool.replay(send)
+
+    async def close(self) -> None:
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
+        await self.batcher.drain()

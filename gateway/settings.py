@@ -1,0 +1,126 @@
+"""Gateway settings, read once from the environment (and an optional env file) at start-up.
+
+A missing or malformed value raises ConfigError naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.errors import ConfigError
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected NAME=value")
+        values[name.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+class Env:
+    """Typed reads from a mapping: `env.get("X", int, 3)`; errors name the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def get(self, name: str, cast: Callable[[str], T], default: T | None = None) -> T:
+        raw = self.environ.get(name)
+        if raw is None or raw == "":
+            if default is None:
+                raise ConfigError(f"{name} is required but not set")
+            return default
+        try:
+            return cast(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name}={raw!r} is malformed: {exc}") from None
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(name, str, default)
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+        return value
+
+    def prefixed(self, prefix: str) -> dict[str, str]:
+        return {k[len(prefix):]: v for k, v in self.environ.items() if k.startswith(prefix) and v}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    catalog_path: Path = ROOT / "config" / "catalog.toml"
+    upstream_urls: dict[str, str] = field(default_factory=dict)
+    upstream_keys: dict[str, str] = field(default_factory=dict)
+    max_body_bytes: int = 4 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 120.0
+    upstream_pool_size: int = 256
+    quota_checks: bool = True
+    redis_failure_policy: str = "closed"
+    redis_timeout_s: float = 1.0
+    spool_dir: Path = ROOT / ".var" / "spool"
+    shards: int = 16
+    reservation_ttl_s: int = 600
+    period_grace_days: int = 62
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        source: dict[str, str] = {}
+        base = dict(os.environ if environ is None else environ)
+        env_file = base.get("AIHUB_ENV_FILE")
+        if env_file:
+            source.update(read_env_file(Path(env_file)))
+        source.update(base)
+        env = Env(source)
+        urls = {k[: -len("_URL")].lower(): v for k, v in env.prefixed("AIHUB_UPSTREAM_").items()
+                if k.endswith("_URL")}
+        keys = {k[: -len("_KEY")].lower(): v for k, v in env.prefixed("AIHUB_UPSTREAM_").items()
+                if k.endswith("_KEY")}
+        settings = cls(
+            host=env.get("AIHUB_HOST", str, cls.host),
+            port=env.get("AIHUB_PORT", int, cls.port),
+            redis_url=env.get("REDIS_URL", str, cls.redis_url),
+            redis_cluster=env.get("REDIS_CLUSTER", _bool, False),
+            catalog_path=env.get("AIHUB_CATALOG", Path, ROOT / "config" / "catalog.toml"),
+            upstream_urls={k: v.rstrip("/") for k, v in urls.items()},
+            upstream_keys=keys,
+            max_body_bytes=env.get("AIHUB_MAX_BODY_BYTES", int, cls.max_body_bytes),
+            connect_timeout_s=env.get("AIHUB_CONNECT_TIMEOUT_S", float, cls.connect_timeout_s),
+            read_timeout_s=env.get("AIHUB_READ_TIMEOUT_S", float, cls.read_timeout_s),
+            upstream_pool_size=env.get("AIHUB_UPSTREAM_POOL_SIZE", int, cls.upstream_pool_size),
+            quota_checks=env.get("AIHUB_QUOTA_CHECKS", _bool, True),
+            redis_failure_policy=env.choice("AIHUB_REDIS_FAILURE_POLICY", ("closed", "open"), "closed"),
+            redis_timeout_s=env.get("AIHUB_REDIS_TIMEOUT_S", float, cls.redis_timeout_s),
+            spool_dir=env.get("AIHUB_SPOOL_DIR", Path, ROOT / ".var" / "spool"),
+            shards=env.get("AIHUB_SHARDS", int, cls.shards),
+            reservation_ttl_s=env.get("AIHUB_RESERVATION_TTL_S", int, cls.reservation_ttl_s),
+        )
+        for name, value in (("AIHUB_PORT", settings.port), ("AIHUB_MAX_BODY_BYTES", settings.max_body_bytes),
+                            ("AIHUB_SHARDS", settings.shards)):
+            if value < 0 or (name != "AIHUB_PORT" and value == 0):
+                raise ConfigError(f"{name}={value} must be positive")
+        return settings
