@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from gateway.accounts import AccountStore
+from gateway.catalog import Catalog, load_catalog
 from gateway.redis_server import RedisCluster, RedisServer
+from gateway.settings import ROOT
+from tests.support import GatewayThread, settings_for
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +40,56 @@ def redis_cluster() -> Iterator[RedisCluster]:
     cluster = RedisCluster().start()
     yield cluster
     cluster.close()
+
+
+UPSTREAM_KEY = "sk-upstream-secret-for-tests"
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[Any]:
+    from fakes.openai_upstream import FakeUpstream
+
+    fake = FakeUpstream(api_key=UPSTREAM_KEY)
+    fake.start_in_thread()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def upstream(fake_upstream: Any) -> Any:
+    """The fake upstream, its recorded requests and counters cleared."""
+    urllib.request.urlopen(urllib.request.Request(fake_upstream.url + "/_fake/reset", method="POST")).close()
+    return fake_upstream
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return load_catalog(ROOT / "config" / "catalog.toml")
+
+
+@pytest.fixture
+def store(redis_url: str, catalog: Catalog) -> Iterator[AccountStore]:
+    client = redis.Redis.from_url(redis_url)
+    yield AccountStore(client, catalog, 16)
+    client.close()
+
+
+@pytest.fixture
+def make_gateway(redis_url: str, upstream: Any, tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
+    started: list[GatewayThread] = []
+
+    def make(catalog: Catalog | None = None, clock: Any = None, **overrides: Any) -> GatewayThread:
+        settings = settings_for(redis_url, upstream.url, UPSTREAM_KEY, tmp_path, **overrides)
+        extra = {"clock": clock} if clock is not None else {}
+        gateway = GatewayThread(settings, catalog, **extra).start()
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway: Callable[..., GatewayThread]) -> GatewayThread:
+    return make_gateway()

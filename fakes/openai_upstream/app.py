@@ -29,6 +29,11 @@ class RecordedRequest(TypedDict):
     body: Any
 
 
+_MISSING_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+
 Endpoint = Callable[[web.Request, Any, Behaviour], Awaitable[web.StreamResponse]]
 
 
@@ -77,7 +82,7 @@ class UpstreamApp:
         self._models_body = p.dumps(p.models_list(self.models, MODELS_CREATED))
         self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
-        self._closing = asyncio.Event()
+        self._inflight: set[asyncio.Task[Any]] = set()
         self._endpoints: dict[tuple[str, str], Endpoint] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
@@ -86,7 +91,6 @@ class UpstreamApp:
         }
 
     def build(self) -> web.Application:
-        self._closing = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/_fake/requests", self._fake_requests)
         app.router.add_post("/_fake/reset", self._fake_reset)
@@ -100,12 +104,23 @@ class UpstreamApp:
         self.stats.reset()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
-        self._closing.set()  # releases X-Fake-Hang handlers so shutdown is quick
+        for task in list(self._inflight):  # no graceful drain: hung and slow streams would delay stop()
+            task.cancel()
 
     def _next_id(self, prefix: str) -> str:
         return f"{prefix}{self._id_prefix}{next(self._ids):012d}"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - aiohttp always runs handlers in a task
+            return await self._handle(request)
+        self._inflight.add(task)
+        try:
+            return await self._handle(request)
+        finally:
+            self._inflight.discard(task)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = _parse_body(await request.read())
         headers = request.headers
         self.stats.requests += 1
@@ -118,18 +133,14 @@ class UpstreamApp:
             }
         )
         if self._expected_auth is not None and headers.get("Authorization") != self._expected_auth:
-            message = "Incorrect API key provided." if "Authorization" in headers else (
-                "You didn't provide an API key. You need to provide your API key in an Authorization header "
-                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-            )
+            message = _MISSING_KEY if "Authorization" not in headers else "Incorrect API key provided."
             return error_response(401, message, code="invalid_api_key")
         try:
             behaviour = parse_behaviour(headers)
         except BadControlHeader as exc:
             return error_response(400, str(exc), code="fake_bad_control_header")
         if behaviour.hang:
-            await self._closing.wait()
-            return error_response(503, "Fake upstream shutting down.")
+            await asyncio.get_running_loop().create_future()  # until the client leaves or we shut down
         latency_ms = self.latency_ms if behaviour.latency_ms is None else behaviour.latency_ms
         if latency_ms > 0:
             await asyncio.sleep(latency_ms / 1000)
@@ -151,10 +162,12 @@ class UpstreamApp:
         reasoning = p.reasoning_tokens(model)
         if behaviour.forced_usage is not None:
             pt, ct, total = behaviour.forced_usage
-            return p.make_usage(pt, ct, cached_tokens=behaviour.cached_tokens, reasoning=reasoning,
-                                total_tokens=total)  # fmt: skip
-        return p.make_usage(prompt_tokens, words + reasoning, cached_tokens=behaviour.cached_tokens,
-                            reasoning=reasoning)  # fmt: skip
+            cached = behaviour.cached_tokens
+            return p.make_usage(pt, ct, cached_tokens=cached, reasoning=reasoning, total_tokens=total)
+        completion = words + reasoning  # like the real API, completion_tokens include reasoning tokens
+        return p.make_usage(
+            prompt_tokens, completion, cached_tokens=behaviour.cached_tokens, reasoning=reasoning
+        )
 
     def _chunk_delay_s(self, behaviour: Behaviour) -> float:
         delay_ms = self.chunk_delay_ms if behaviour.chunk_delay_ms is None else behaviour.chunk_delay_ms

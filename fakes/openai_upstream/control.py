@@ -65,7 +65,9 @@ def _usage(value: str) -> tuple[bool, tuple[int, int, int | None] | None]:
         return True, None
     parts = text.split(",")
     if len(parts) not in (2, 3):
-        raise BadControlHeader(f"{H_USAGE}: expected 'none' or '<prompt>,<completion>[,<total>]', got {value!r}")
+        raise BadControlHeader(
+            f"{H_USAGE}: expected 'none' or '<prompt>,<completion>[,<total>]', got {value!r}"
+        )
     numbers = [_int(H_USAGE, p) for p in parts]
     return False, (numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else None)
 
@@ -97,7 +99,7 @@ def parse_behaviour(headers: Mapping[str, str]) -> Behaviour:
         forced_usage=forced_usage,
         cached_tokens=_int(H_CACHED, cached) if cached else 0,
         drop_mid_stream=drop is not None and drop.strip().lower() == "mid-stream",
-        hang=bool(hang) and hang.strip().lower() not in ("0", "false", "no"),
+        hang=hang is not None and hang.strip().lower() not in ("", "0", "false", "no"),
     )
 
 
@@ -126,7 +128,8 @@ def error_response(
     param: str | None = None,
 ) -> web.Response:
     default_message, default_type, default_code = _ERRORS.get(
-        status, (f"Fake upstream error (HTTP {status}).", "server_error" if status >= 500 else "api_error", None)
+        status,
+        (f"Fake upstream error (HTTP {status}).", "server_error" if status >= 500 else "api_error", None),
     )
     body = {
         "error": {

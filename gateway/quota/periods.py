@@ -42,3 +42,9 @@ class PeriodCache:
         if not self._current.contains(ts):
             self._current = period_of(ts)
         return self._current
+
+
+def period_named(name: str) -> Period:
+    """The period `YYYY-MM`; ValueError when malformed."""
+    year, month = name.split("-")
+    return period_of(datetime(int(year), int(month), 1, tzinfo=UTC).timestamp())

@@ -1,0 +1,36 @@
+# Developer tasks. `make up` runs everything on the embedded defaults; `make test` runs the checks.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: up test lint typecheck pytest bench venv clean
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	touch $@
+
+venv: $(BIN)/.installed
+
+up: venv
+	@command -v redis-server >/dev/null || [ -n "$$REDIS_URL" ] || { echo "redis-server is missing: sudo apt-get install redis-server (or set REDIS_URL)"; exit 1; }
+	$(BIN)/python -m gateway up
+
+lint: venv
+	$(BIN)/ruff check gateway billing_worker fakes tests benchmarks
+
+typecheck: venv
+	$(BIN)/mypy gateway billing_worker fakes
+
+pytest: venv
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+bench: venv
+	$(BIN)/python -m pytest benchmarks -m benchmark -q -s -p no:randomly
+
+clean:
+	rm -rf .var .benchmarks

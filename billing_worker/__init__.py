@@ -1,0 +1,1 @@
+"""Billing worker: drains the usage streams into ClickHouse, answers usage queries, runs Dramatiq actors."""

@@ -1,0 +1,5 @@
+import sys
+
+from fakes.openai_upstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The ASGI application: routes, error rendering, and the lifespan of clients and background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import errors
+from gateway.auth import AuthCache
+from gateway.catalog import Catalog, load_catalog
+from gateway.metrics import REQUESTS, render
+from gateway.proxy import Proxy
+from gateway.quota.engine import QuotaEngine
+from gateway.quota.periods import Clock, system_clock
+from gateway.quota.reaper import reap_expired
+from gateway.quota.spool import Spool
+from gateway.redis_client import async_client
+from gateway.settings import Settings
+from gateway.upstream import Upstreams
+
+log = logging.getLogger("aihub.gateway")
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+def error_response(exc: errors.GatewayError) -> Response:
+    return Response(exc.body(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+
+
+async def _every(seconds: float, job: Any, name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except (RedisError, OSError) as exc:
+            log.debug("%s: Redis not reachable yet (%s)", name, exc)
+        except Exception:
+            log.exception("%s failed", name)
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
+               clock: Clock = system_clock, run_reaper: bool = True) -> Starlette:
+    settings = settings or Settings.from_env()
+    catalog = catalog or load_catalog(settings.catalog_path)
+    upstreams = Upstreams(settings, catalog.upstreams)
+    client = async_client(settings)
+    engine = QuotaEngine(settings, catalog, client, Spool(settings.spool_dir), clock)
+    proxy = Proxy(settings, catalog, engine, upstreams, AuthCache(client, settings.shards))
+
+    def counted(handler: Any, route: str) -> Any:
+        async def endpoint(request: Request) -> Response:
+            status = 500
+            try:
+                response: Response = await handler(request)
+                status = response.status_code
+                return response
+            except errors.GatewayError as exc:
+                status = exc.status
+                return error_response(exc)
+            finally:
+                REQUESTS.labels(route, str(status), getattr(request.state, "model", "")).inc()
+        return endpoint
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await asyncio.wait_for(client.ping(), settings.redis_timeout_s)
+        except (TimeoutError, RedisError, OSError) as exc:
+            return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready", "redis": "ok", "spooled": engine.spool.pending})
+
+    async def metrics(request: Request) -> Response:
+        return Response(render(), media_type="text/plain; version=0.0.4")
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        return error_response(errors.GatewayError("The gateway hit an internal error; it has been logged."))
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(errors.NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
+
+    async def bad_method(request: Request, exc: Exception) -> Response:
+        return error_response(errors.GatewayError(f"Method {request.method} is not allowed here.",
+                                                  code="method_not_allowed"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loops = [asyncio.create_task(_every(1.0, engine.replay_spool, "spool replay"))]
+        if run_reaper and settings.quota_checks:
+            loops.append(asyncio.create_task(_every(30.0, lambda: reap_expired(engine), "reaper")))
+        try:
+            yield
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await engine.close()
+            engine.spool.close()
+            await upstreams.close()
+            await client.aclose()
+
+    routes = [Route(path, counted(proxy.model_call, path), methods=["POST"]) for path in MODEL_ROUTES]
+    routes += [
+        Route("/v1/models", counted(proxy.list_models, "/v1/models"), methods=["GET"]),
+        Route("/v1/models/{model:path}", counted(proxy.list_models, "/v1/models"), methods=["GET"]),
+        Route("/v1/{rest:path}", counted(proxy.passthrough, "passthrough"),
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={Exception: server_error, 404: not_found, 405: bad_method})
+    app.state.engine = engine
+    app.state.settings = settings
+    return app

@@ -1,0 +1,78 @@
+"""Relays an upstream response to the client: whole bodies, or SSE streams event by event."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.sse import SSESplitter, event_json
+from gateway.usage import TokenCounts, parse_usage
+
+Finish = Callable[[str, TokenCounts | None], None]   # (outcome, tokens) -> settle
+
+
+def body_usage(body: bytes) -> TokenCounts | None:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parse_usage(payload.get("usage")) if isinstance(payload, dict) else None
+
+
+def _is_usage_event(event: bytes) -> bool:
+    return b'"usage"' in event and b'"usage":null' not in event and b'"usage": null' not in event
+
+
+async def relay_sse(response: aiohttp.ClientResponse, strip_usage_chunk: bool,
+                    finish: Finish) -> AsyncIterator[bytes]:
+    """Yields complete SSE events as they arrive; reads usage from the final chunk.
+
+    `strip_usage_chunk`: the gateway asked for usage on the client's behalf, so the usage-only chunk
+    (empty `choices`) is not shown to a client that did not ask for it.
+    """
+    splitter = SSESplitter()
+    tokens: TokenCounts | None = None
+    outcome = "client_cancel"
+    try:
+        async for chunk in response.content.iter_any():
+            out = []
+            for event in splitter.feed(chunk):
+                if _is_usage_event(event):
+                    payload = event_json(event)
+                    if payload is not None:
+                        tokens = parse_usage(payload.get("usage")) or tokens
+                        if strip_usage_chunk and not payload.get("choices"):
+                            continue
+                out.append(event)
+            if out:
+                yield b"".join(out)
+        rest = splitter.rest()
+        if rest:
+            yield rest
+        outcome = "ok" if response.content.at_eof() else "upstream_error"
+    except (TimeoutError, aiohttp.ClientError):
+        outcome = "upstream_error"
+    finally:
+        response.close()   # aborts the upstream request when the client went away
+        finish(outcome, tokens)
+
+
+def elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def response_pairs(response: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    return list(response.headers.items())
+
+
+def json_error_message(body: bytes) -> Any:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error.get("message") if isinstance(error, dict) else None

@@ -1,0 +1,121 @@
+"""`make up`: the whole product on the embedded defaults in one command.
+
+Starts a private redis-server (unless REDIS_URL is set), the fake OpenAI-compatible upstream (unless
+AIHUB_UPSTREAM_DEFAULT_URL is set), the billing worker on chDB in this process, seeds one demo account
+per plan, prints how to call the gateway, and serves until Ctrl-C, which stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from gateway.accounts import AccountStore
+from gateway.catalog import Catalog, load_catalog
+from gateway.redis_server import RedisServer, free_port
+from gateway.settings import ROOT, Settings
+
+DEMO_ACCOUNTS = (("demofree", "free", "Demo Free"), ("demopro", "pro", "Demo Pro"),
+                 ("demoent", "enterprise", "Demo Enterprise"))
+log = logging.getLogger("aihub.up")
+
+
+def seed_demo(store: AccountStore) -> list[tuple[str, str, str]]:
+    """(account, plan, api key) per demo account; a fresh key each run (keys are shown only once)."""
+    existing = set(store.list_accounts())
+    seeded = []
+    for account_id, plan, name in DEMO_ACCOUNTS:
+        if account_id not in existing:
+            store.create_account(name, plan, account_id=account_id)
+        seeded.append((account_id, plan, store.issue_key(account_id, "make-up").api_key))
+    return seeded
+
+
+def banner(url: str, seeded: list[tuple[str, str, str]], catalog: Catalog) -> str:
+    key = seeded[0][2]
+    model = next(iter(catalog.models))
+    lines = ["", f"aihub gateway listening on {url}  (Ctrl-C stops everything)", "", "Demo API keys:"]
+    lines += [f"  {plan:<11} {account:<9} {api_key}" for account, plan, api_key in seeded]
+    lines += ["", "Try it with curl:",
+              f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+              f"-H 'Content-Type: application/json' "
+              f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
+              "", "Or with the openai SDK (pip install openai):",
+              "  from openai import OpenAI",
+              f"  client = OpenAI(base_url='{url}/v1', api_key='{key}')",
+              f"  print(client.chat.completions.create(model='{model}', "
+              "messages=[{'role': 'user', 'content': 'Hello'}]).choices[0].message.content)",
+              f"  for chunk in client.chat.completions.create(model='{model}', stream=True, "
+              "messages=[{'role': 'user', 'content': 'Hello'}]):",
+              "      print(chunk.choices[0].delta.content or '', end='', flush=True)",
+              "", f"Health: {url}/healthz   Ready: {url}/readyz   Metrics: {url}/metrics", ""]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _private_redis(env: dict[str, str]) -> Iterator[None]:
+    if env.get("REDIS_URL"):
+        yield
+        return
+    server = RedisServer(workdir=ROOT / ".var" / "redis").start()
+    env["REDIS_URL"] = server.url
+    try:
+        yield
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def _fake_upstream(env: dict[str, str]) -> Iterator[None]:
+    if env.get("AIHUB_UPSTREAM_DEFAULT_URL"):
+        yield
+        return
+    from fakes.openai_upstream import spawn_process
+    key = "sk-upstream-demo"
+    proc, url = spawn_process(free_port(), api_key=key)
+    env["AIHUB_UPSTREAM_DEFAULT_URL"] = url
+    env["AIHUB_UPSTREAM_DEFAULT_KEY"] = key
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def run_stack() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    env = dict(os.environ)
+    env.setdefault("AIHUB_PORT", "8080")
+    (ROOT / ".var").mkdir(exist_ok=True)
+    with _private_redis(env), _fake_upstream(env):
+        os.environ.update(env)
+        settings = Settings.from_env(env)
+        catalog = load_catalog(settings.catalog_path)
+        store = AccountStore(redis.Redis.from_url(settings.redis_url), catalog, settings.shards)
+        seeded = seed_demo(store)
+        store.client.close()
+        from gateway.server import serve
+        url = f"http://{settings.host}:{settings.port}"
+        sys.stdout.write(banner(url, seeded, catalog) + "\n")
+        sys.stdout.flush()
+        with _embedded_worker(settings):
+            serve(settings)
+
+
+@contextlib.contextmanager
+def _embedded_worker(settings: Settings) -> Iterator[None]:
+    """The billing worker (drain into chDB) in this process, when the package is present."""
+    try:
+        from billing_worker.embedded import embedded_worker
+    except ImportError:
+        log.warning("billing worker not available; usage stays in the Redis stream")
+        yield
+        return
+    with embedded_worker(Path(ROOT)):
+        yield

@@ -1,0 +1,268 @@
+"""The transparent proxy, driven as a user would: the official openai SDK and raw HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.request
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.accounts import AccountStore
+from tests.conftest import UPSTREAM_KEY
+from tests.support import GatewayThread
+
+MESSAGES: Any = [{"role": "user", "content": "Say hello to the gateway"}]
+
+
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Any:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def sdk(gateway: GatewayThread, api_key: str, **kwargs: Any) -> openai.OpenAI:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0, **kwargs)
+    _clients.append(client)
+    return client
+
+
+def raw(gateway: GatewayThread, method: str, path: str, body: bytes | None = None,
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.settings.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def recorded(upstream: Any) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(upstream.url + "/_fake/requests") as response:
+        return list(json.loads(response.read()))
+
+
+def metric(gateway: GatewayThread, series: str) -> float:
+    """The value of one Prometheus series on /metrics (0 when absent); the registry is per process."""
+    for line in raw(gateway, "GET", "/metrics")[2].decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def stats(upstream: Any) -> dict[str, int]:
+    with urllib.request.urlopen(upstream.url + "/_fake/stats") as response:
+        return dict(json.loads(response.read()))
+
+
+@pytest.fixture
+def pro_key(store: AccountStore) -> str:
+    account = store.create_account("Acme", "pro")
+    return store.issue_key(account).api_key
+
+
+@pytest.fixture
+def free_key(store: AccountStore) -> str:
+    account = store.create_account("Hobbyist", "free")
+    return store.issue_key(account).api_key
+
+
+def test_chat_completion_through_the_sdk(gateway: GatewayThread, pro_key: str) -> None:
+    response = sdk(gateway, pro_key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES)
+    completion = response.parse()
+    assert completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.prompt_tokens == 8
+    assert response.headers["x-quota-limit"] == "5000"
+    assert response.headers["x-quota-remaining"] == "4999"
+    assert response.headers["x-request-id"].startswith("req_")
+
+
+def test_streaming_arrives_in_order_without_the_usage_chunk_the_client_did_not_ask_for(
+        gateway: GatewayThread, pro_key: str) -> None:
+    chunks = list(sdk(gateway, pro_key).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=6))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.split() == ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur"]
+    assert all(c.choices for c in chunks), "the usage-only chunk the gateway asked for leaked"
+
+
+def test_streaming_with_include_usage_yields_the_final_usage_chunk(gateway: GatewayThread, pro_key: str) -> None:
+    chunks = list(sdk(gateway, pro_key).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=3,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 3
+
+
+def test_stream_is_relayed_as_it_arrives(gateway: GatewayThread, pro_key: str) -> None:
+    client = sdk(gateway, pro_key, default_headers={"X-Fake-Chunk-Delay-Ms": "300", "X-Fake-Chunks": "4"})
+    started = time.monotonic()
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    first = next(iter(stream))
+    first_at = time.monotonic() - started
+    rest = list(stream)
+    total = time.monotonic() - started
+    assert first.choices[0].delta.content and rest
+    assert total - first_at > 0.6, "the whole answer was buffered before the first chunk was sent"
+
+
+def test_client_disconnect_cancels_the_upstream_stream(gateway: GatewayThread, pro_key: str, upstream: Any) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.settings.port, timeout=10)
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}).encode()
+    conn.request("POST", "/v1/chat/completions", body=body, headers={
+        "Authorization": f"Bearer {pro_key}", "Content-Type": "application/json",
+        "X-Fake-Chunk-Delay-Ms": "200", "X-Fake-Chunks": "50"})
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.readline().startswith(b"data: ")
+    response.close()
+    conn.close()
+    deadline = time.monotonic() + 5
+    while stats(upstream)["streams_cancelled"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats(upstream)["streams_cancelled"] == 1
+    assert stats(upstream)["streams_completed"] == 0
+
+
+def test_embeddings(gateway: GatewayThread, pro_key: str) -> None:
+    result = sdk(gateway, pro_key).embeddings.create(model="text-embedding-3-small", input=["a b", "c"])
+    assert len(result.data) == 2 and result.usage.prompt_tokens == 3
+
+
+def test_bad_missing_and_revoked_keys_are_401(gateway: GatewayThread, store: AccountStore) -> None:
+    account = store.create_account("Acme", "pro")
+    issued = store.issue_key(account)
+    wrong_secret = issued.api_key[:-4] + "zzzz"
+    for key in (wrong_secret, "not-a-key", f"sk-ah_nosuch_acct0000_{'x' * 30}"):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            sdk(gateway, key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert caught.value.code == "invalid_api_key"
+    sdk(gateway, issued.api_key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    store.revoke_key(account, issued.key_id)
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gateway, issued.api_key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    status, _, body = raw(gateway, "POST", "/v1/chat/completions", b"{}", {"Content-Type": "application/json"})
+    assert status == 401 and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_bad_key_is_told_401_before_its_malformed_body(gateway: GatewayThread) -> None:
+    status, _, _ = raw(gateway, "POST", "/v1/chat/completions", b"{not json",
+                       {"Authorization": f"Bearer sk-ah_nosuch_acct0000_{'x' * 30}"})
+    assert status == 401
+
+
+def test_model_outside_the_plan_is_403_and_unknown_model_404(gateway: GatewayThread, free_key: str) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        sdk(gateway, free_key).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert caught.value.code == "model_not_in_plan" and "free plan" in caught.value.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk(gateway, free_key).chat.completions.create(model="gpt-9-imaginary", messages=MESSAGES)
+    assert missing.value.code == "model_not_found"
+
+
+def test_models_are_filtered_by_plan(gateway: GatewayThread, free_key: str, store: AccountStore) -> None:
+    free_models = {m.id for m in sdk(gateway, free_key).models.list()}
+    assert free_models == {"gpt-4o-mini", "text-embedding-3-small"}
+    enterprise = store.issue_key(store.create_account("Big", "enterprise")).api_key
+    assert {m.id for m in sdk(gateway, enterprise).models.list()} == {
+        "gpt-4o-mini", "text-embedding-3-small", "gpt-4o", "o3-mini"}
+    assert sdk(gateway, free_key).models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError):
+        sdk(gateway, free_key).models.retrieve("gpt-4o")
+
+
+def test_malformed_json_is_400(gateway: GatewayThread, pro_key: str) -> None:
+    for body in (b"{not json", b"[1, 2]", b""):
+        status, headers, payload = raw(gateway, "POST", "/v1/chat/completions", body,
+                                       {"Authorization": f"Bearer {pro_key}", "Content-Type": "application/json"})
+        assert status == 400, body
+        assert headers["content-type"] == "application/json"
+        assert json.loads(payload)["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        sdk(gateway, pro_key).chat.completions.create(model="", messages=MESSAGES)
+
+
+def test_body_over_the_limit_is_413(make_gateway: Any, pro_key: str, upstream: Any) -> None:
+    gateway = make_gateway(max_body_bytes=2048)
+    big = [{"role": "user", "content": "word " * 1000}]
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(gateway, pro_key).chat.completions.create(model="gpt-4o-mini", messages=big)
+    assert caught.value.status_code == 413 and caught.value.code == "request_too_large"
+    # Without a Content-Length (chunked), the limit still holds while reading.
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.settings.port, timeout=10)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Authorization", f"Bearer {pro_key}")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    payload = json.dumps({"model": "gpt-4o-mini", "messages": big}).encode()
+    conn.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload))
+    assert conn.getresponse().status == 413
+    conn.close()
+    assert recorded(upstream) == []
+
+
+def test_upstream_failures_are_502_and_504(make_gateway: Any, pro_key: str) -> None:
+    gateway = make_gateway(read_timeout_s=0.5)
+    with pytest.raises(openai.InternalServerError) as failed:
+        sdk(gateway, pro_key, default_headers={"X-Fake-Status": "500"}).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES)
+    assert failed.value.status_code == 502 and failed.value.code == "upstream_error"
+    with pytest.raises(openai.InternalServerError) as hung:
+        sdk(gateway, pro_key, default_headers={"X-Fake-Hang": "1"}).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES)
+    assert hung.value.status_code == 504 and hung.value.code == "upstream_timeout"
+
+
+def test_unreachable_upstream_is_502(make_gateway: Any, pro_key: str) -> None:
+    from gateway.redis_server import free_port
+    gateway = make_gateway(upstream_urls={"default": f"http://127.0.0.1:{free_port()}"})
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(gateway, pro_key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert caught.value.status_code == 502
+
+
+def test_client_credentials_and_hop_by_hop_headers_stay_at_the_gateway(
+        gateway: GatewayThread, pro_key: str, upstream: Any) -> None:
+    status, _, _ = raw(gateway, "POST", "/v1/chat/completions",
+                       json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode(),
+                       {"Authorization": f"Bearer {pro_key}", "Content-Type": "application/json",
+                        "Cookie": "session=1", "Connection": "keep-alive, X-Secret-Hop",
+                        "X-Secret-Hop": "1", "Proxy-Authorization": "Basic abc", "Keep-Alive": "timeout=5",
+                        "X-Forwarded-For": "10.0.0.1", "OpenAI-Organization": "org-1", "X-Custom": "kept"})
+    assert status == 200
+    [seen] = recorded(upstream)
+    headers = seen["headers"]
+    assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert pro_key not in json.dumps(seen)
+    for name in ("cookie", "x-secret-hop", "proxy-authorization", "keep-alive", "x-forwarded-for"):
+        assert name not in headers, name
+    assert headers["x-custom"] == "kept" and headers["openai-organization"] == "org-1"
+    assert headers["x-request-id"].startswith("req_")
+
+
+def test_other_v1_paths_pass_through(gateway: GatewayThread, pro_key: str) -> None:
+    status, _, body = raw(gateway, "GET", "/v1/files", headers={"Authorization": f"Bearer {pro_key}"})
+    assert status == 200 and json.loads(body) == {"object": "echo", "path": "/v1/files", "method": "GET"}
+    assert raw(gateway, "GET", "/v1/files")[0] == 401
+
+
+def test_health_readiness_and_metrics(gateway: GatewayThread, pro_key: str) -> None:
+    assert raw(gateway, "GET", "/healthz")[0] == 200
+    status, _, body = raw(gateway, "GET", "/readyz")
+    assert status == 200 and json.loads(body)["redis"] == "ok"
+    series = 'aihub_requests_total{model="gpt-4o-mini",route="/v1/chat/completions",status="200"}'
+    before = metric(gateway, series)
+    sdk(gateway, pro_key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert metric(gateway, series) == before + 1
+    assert metric(gateway, 'aihub_upstream_latency_seconds_count{upstream="default"}') >= 1
+    status, _, body = raw(gateway, "GET", "/nowhere")
+    assert status == 404 and "error" in json.loads(body)
