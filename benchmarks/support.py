@@ -89,11 +89,17 @@ def private_redis() -> Iterator[RedisServer]:
         server.close()
 
 
+@dataclass(frozen=True)
+class Service:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def fake_upstream() -> Iterator[str]:
+def fake_upstream() -> Iterator[Service]:
     proc, url = spawn_process(free_port(), api_key=UPSTREAM_KEY)
     try:
-        yield url
+        yield Service(url, proc.pid)
     finally:
         stop_process(proc)
 
@@ -126,8 +132,8 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float
 
 @contextlib.contextmanager
 def gateway(redis_url: str, upstream_url: str, catalog_path: Path, workdir: Path, *, quota_checks: bool = True,
-            profile_to: Path | None = None) -> Iterator[str]:
-    """One `python -m gateway serve` process; yields its base URL. `profile_to` runs it under cProfile
+            profile_to: Path | None = None) -> Iterator[Service]:
+    """One `python -m gateway serve` process; yields its URL and pid. `profile_to` runs it under cProfile
     (the stats file is written when the process stops, on SIGINT)."""
     port = free_port()
     env = dict(os.environ) | {
@@ -143,7 +149,7 @@ def gateway(redis_url: str, upstream_url: str, catalog_path: Path, workdir: Path
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/healthz", proc)
-        yield url
+        yield Service(url, proc.pid)
     finally:
         stop(proc)
         log.close()
@@ -179,7 +185,7 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(upstream_url: str, workdir: Path) -> Iterator[str]:
+def nginx(upstream_url: str, workdir: Path) -> Iterator[Service]:
     """nginx proxy_pass to the upstream (no root needed: every path is under `workdir`)."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     directory = workdir / "nginx"
@@ -193,7 +199,7 @@ def nginx(upstream_url: str, workdir: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/_fake/stats", proc)
-        yield url
+        yield Service(url, proc.pid)
     finally:
         stop(proc, signal.SIGTERM)
 
@@ -264,10 +270,24 @@ def run_wrk(targets: Sequence[tuple[str, Path]], *, seconds: float = SECONDS, th
     return [parse_wrk(out) for out in outputs]
 
 
-def measure(targets: Sequence[tuple[str, Path]], connections: int = 50, threads: int = 2) -> list[WrkResult]:
-    """A short warm-up (keep-alive pools, JIT-free caches), then the measured run."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, its threads and its live children (nginx workers), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
+
+
+def measure(targets: Sequence[tuple[str, Path]], watch: Sequence[int] = (), connections: int = 50,
+            threads: int = 2) -> tuple[list[WrkResult], list[float]]:
+    """A short warm-up (keep-alive pools, caches), then the measured run; also the CPU use (% of one core)
+    of each `watch` pid during the measured run."""
     run_wrk(targets, seconds=WARMUP_SECONDS, threads=threads, connections=connections)
-    return run_wrk(targets, threads=threads, connections=connections)
+    before = [cpu_seconds(pid) for pid in watch]
+    started = time.monotonic()
+    results = run_wrk(targets, threads=threads, connections=connections)
+    elapsed = time.monotonic() - started
+    return results, [100 * (cpu_seconds(pid) - b) / elapsed for pid, b in zip(watch, before, strict=True)]
 
 
 # -- reporting -------------------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.redis_cluster:
+            await client.initialize()   # slot map first: concurrent first calls race in redis-py
         loops = [asyncio.create_task(_every(1.0, engine.replay_spool, "spool replay"))]
         if run_reaper and settings.quota_checks:
             loops.append(asyncio.create_task(_every(30.0, lambda: reap_expired(engine), "reaper")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    for _ in range(200):
+        port = secrets.randbelow(25000) + 20000
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+    raise RedisServerError("no free port pair for a cluster node")
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -93,7 +112,7 @@ class RedisCluster:
     def start(self) -> RedisCluster:
         for _ in range(self.masters):
             workdir = Path(tempfile.mkdtemp(prefix="aihub-rcluster-"))
-            node = RedisServer(workdir=workdir, extra_args=[
+            node = RedisServer(port=free_cluster_port(), workdir=workdir, extra_args=[
                 "--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"),
                 "--cluster-node-timeout", "2000"])
             node._owned_dir = True

@@ -17,8 +17,9 @@ class ScriptBatcher:
     or flushed server) loads the script and retries those calls once.
     """
 
-    def __init__(self, client: Any, max_batch: int = 256) -> None:
+    def __init__(self, client: Any, max_batch: int = 256, pipelined: bool = True) -> None:
         self.client = client
+        self.pipelined = pipelined   # redis-py refuses EVALSHA in cluster pipelines: concurrent calls there
         self.max_batch = max_batch
         self._queue: list[Call] = []
         self._scheduled = False
@@ -41,13 +42,18 @@ class ScriptBatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _one(self, call: Call) -> Any:
+        script, keys, args, _ = call
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError as exc:
+            return exc
+
     async def _send(self, batch: list[Call]) -> list[Any]:
         if len(batch) == 1:
-            script, keys, args, _ = batch[0]
-            try:
-                return [await self.client.evalsha(script.sha, len(keys), *keys, *args)]
-            except NoScriptError as exc:
-                return [exc]
+            return [await self._one(batch[0])]
+        if not self.pipelined:
+            return list(await asyncio.gather(*(self._one(call) for call in batch), return_exceptions=True))
         pipe = self.client.pipeline(transaction=False)
         for script, keys, args, _ in batch:
             pipe.evalsha(script.sha, len(keys), *keys, *args)

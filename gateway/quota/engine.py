@@ -39,7 +39,7 @@ class QuotaEngine:
         self.spool = spool
         self.clock = clock
         self.scripts = register_all(client)
-        self.batcher = ScriptBatcher(client)
+        self.batcher = ScriptBatcher(client, pipelined=not settings.redis_cluster)
         self.periods = PeriodCache()
         self.plans_json = catalog.plans_json()
         self.grace_s = settings.period_grace_days * DAY_S
