@@ -103,3 +103,18 @@ def process_env(settings: Settings) -> dict[str, str]:
             "AIHUB_SPOOL_DIR": str(settings.spool_dir), "AIHUB_CATALOG": str(settings.catalog_path),
             "AIHUB_REDIS_FAILURE_POLICY": settings.redis_failure_policy,
             "AIHUB_QUOTA_CHECKS": "1" if settings.quota_checks else "0"}
+
+
+def catalog_file(tmp: Path, plan: str, **fields: int) -> Path:
+    """A copy of config/catalog.toml with integer fields of one plan changed (for gateway processes)."""
+    text = (ROOT / "config" / "catalog.toml").read_text()
+    header = f"[plans.{plan}]\n"
+    start = text.index(header) + len(header)
+    end = text.index("\n[", start)
+    section = text[start:end]
+    for name, value in fields.items():
+        lines = [line for line in section.splitlines() if not line.startswith(f"{name} ")]
+        section = "\n".join([f"{name} = {value}", *lines])
+    path = tmp / f"catalog-{plan}.toml"
+    path.write_text(text[:start] + section + text[end:])
+    return path

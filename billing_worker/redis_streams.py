@@ -1,0 +1,173 @@
+"""Consumer-group operations on the usage streams, with raw replies (bytes, no redis-py callbacks).
+
+Replies are read undecoded whatever the client's `decode_responses`, so entries reach
+`usage_entry.to_row` as the flat `[field, value, ...]` byte lists Redis sends, with no per-entry
+objects in between. Works with RESP2 and RESP3 clients of a single Redis (not Redis Cluster:
+one XREADGROUP names every shard stream). Redis errors are wrapped into `StreamError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from billing_worker.errors import StreamError
+
+# One stream's share of a read: (stream key, [[entry id, flat fields or None], ...]) as Redis sent it.
+Chunk = tuple[str, list[list[Any]]]
+
+
+def call(client: redis.Redis, *args: str | bytes | int) -> Any:
+    """Send one command on a pooled connection and return the raw, undecoded reply."""
+    pool = client.connection_pool
+    conn: Any = client.connection or pool.get_connection()
+    try:
+        conn.send_command(*args)
+        return conn.read_response(disable_decoding=True)
+    except redis.ResponseError as exc:
+        raise StreamError(f"{args[0]!s} failed: {exc}") from None
+    except redis.RedisError as exc:
+        raise StreamError(f"Redis unavailable during {args[0]!s}: {exc}") from None
+    finally:
+        if client.connection is None:
+            pool.release(conn)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _chunks(reply: Any) -> list[Chunk]:
+    if not reply:
+        return []
+    items = reply.items() if isinstance(reply, dict) else reply
+    return [(_text(key), entries) for key, entries in items if entries]
+
+
+def _pairs(reply: Any) -> dict[str, Any]:
+    """A RESP3 map or a RESP2 flat [k, v, ...] list as a dict with str keys."""
+    if isinstance(reply, dict):
+        return {_text(k): v for k, v in reply.items()}
+    it = iter(reply)
+    return {_text(k): v for k, v in zip(it, it, strict=False)}
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(parsed: tuple[int, int]) -> str:
+    return f"{parsed[0]}-{parsed[1]}"
+
+
+def ensure_groups(client: redis.Redis, streams: Sequence[str], group: str) -> None:
+    """Create the consumer group on every stream (from the first entry), tolerating existing ones."""
+    for stream in streams:
+        try:
+            call(client, "XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+        except StreamError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+def read_new(client: redis.Redis, streams: Sequence[str], group: str, consumer: str, limit: int) -> list[Chunk]:
+    """Up to about `limit` never-delivered entries across the streams (they become pending to us)."""
+    chunks: list[Chunk] = []
+    active = list(streams)
+    got = 0
+    while active and got < limit:
+        per_stream = max(1, -(-(limit - got) // len(active)))
+        reply = call(client, "XREADGROUP", "GROUP", group, consumer, "COUNT", per_stream,
+                     "STREAMS", *active, *([">"] * len(active)))
+        round_chunks = _chunks(reply)
+        chunks.extend(round_chunks)
+        got += sum(len(entries) for _, entries in round_chunks)
+        active = [stream for stream, entries in round_chunks if len(entries) >= per_stream]
+    return chunks
+
+
+def read_own_pending(client: redis.Redis, streams: Sequence[str], group: str, consumer: str,
+                     limit: int) -> list[Chunk]:
+    """Entries delivered to this consumer but never acknowledged (a failed insert, a crash)."""
+    per_stream = max(1, limit // len(streams))
+    reply = call(client, "XREADGROUP", "GROUP", group, consumer, "COUNT", per_stream,
+                 "STREAMS", *streams, *(["0"] * len(streams)))
+    return _chunks(reply)
+
+
+def claim_stale(client: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int,
+                cursor: str, limit: int) -> tuple[str, list[list[Any]], int]:
+    """XAUTOCLAIM: take over entries pending to any consumer for at least `min_idle_ms`.
+
+    Returns the next cursor ("0-0" when the scan is complete), the claimed entries, and how many
+    pending ids had no entry left (Redis drops those from the pending list itself).
+    """
+    reply = call(client, "XAUTOCLAIM", stream, group, consumer, min_idle_ms, cursor, "COUNT", limit)
+    deleted = len(reply[2]) if len(reply) > 2 and reply[2] else 0
+    return _text(reply[0]), [e for e in reply[1] if e is not None], deleted
+
+
+def settle(client: redis.Redis, stream: str, dead_stream: str, group: str, ids: Sequence[bytes],
+           dead: Iterable[tuple[bytes, Sequence[bytes] | None, str]]) -> None:
+    """Dead-letter the given entries and acknowledge `ids`, atomically (MULTI/EXEC, one hash slot)."""
+    now_ms = str(int(time.time() * 1000)).encode()
+    try:
+        pipe: Any
+        with client.pipeline(transaction=True) as pipe:
+            for entry_id, flat, reason in dead:
+                fields = list(flat or [])
+                if len(fields) % 2:
+                    fields[-1:] = [b"_unpaired", fields[-1]]
+                pipe.execute_command("XADD", dead_stream, "*", *fields, b"reason", reason.encode(),
+                                     b"src_stream", stream.encode(), b"src_id", entry_id, b"dead_ms", now_ms)
+            if ids:
+                pipe.execute_command("XACK", stream, group, *ids)
+            pipe.execute()
+    except redis.RedisError as exc:
+        raise StreamError(f"Redis unavailable while acknowledging {stream}: {exc}") from None
+
+
+def safe_trim_id(client: redis.Redis, stream: str) -> str | None:
+    """The lowest id any consumer group may still need: the oldest pending id, or the id after the
+    last delivered one when nothing is pending. None when the stream has no group (never trim)."""
+    bounds: list[tuple[int, int]] = []
+    for raw in call(client, "XINFO", "GROUPS", stream) or []:
+        info = _pairs(raw)
+        if int(info.get("pending") or 0) > 0:
+            summary = call(client, "XPENDING", stream, info["name"])
+            if summary and summary[1] is not None:
+                bounds.append(parse_id(summary[1]))
+                continue
+        ms, seq = parse_id(info.get("last-delivered-id") or b"0-0")
+        bounds.append((ms, seq + 1))
+    return format_id(min(bounds)) if bounds else None
+
+
+def trim_acknowledged(client: redis.Redis, stream: str) -> int:
+    """XTRIM MINID below what every group has acknowledged; never removes a pending entry."""
+    minid = safe_trim_id(client, stream)
+    if minid is None:
+        return 0
+    return int(call(client, "XTRIM", stream, "MINID", minid))
+
+
+def backlog(client: redis.Redis, streams: Sequence[str], group: str) -> int:
+    """Entries not yet acknowledged by `group`: pending plus never delivered (lag), over all streams."""
+    total = 0
+    for stream in streams:
+        try:
+            groups = call(client, "XINFO", "GROUPS", stream)
+        except StreamError:
+            continue  # no such stream yet
+        mine = [info for info in map(_pairs, groups or []) if _text(info["name"]) == group]
+        if not mine:  # the group will be created from the first entry
+            total += int(call(client, "XLEN", stream))
+            continue
+        lag = mine[0].get("lag")
+        total += int(mine[0].get("pending") or 0)
+        total += int(lag) if lag is not None else int(call(client, "XLEN", stream))
+    return total

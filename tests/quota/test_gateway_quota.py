@@ -1,0 +1,193 @@
+"""Quota through the running gateway: exactness across processes, headers, refusals, crashes, usage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import concurrent.futures
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from gateway.accounts import AccountStore
+from gateway.catalog import Catalog, load_catalog
+from gateway.keys import AccountKeys
+from gateway.quota.engine import QuotaEngine
+from gateway.quota.reaper import reap_expired
+from gateway.quota.spool import Spool
+from gateway.settings import Settings
+from tests.conftest import UPSTREAM_KEY
+from tests.gateway.test_proxy import MESSAGES, metric, raw, sdk
+from tests.quota.conftest import PinnedClock
+from tests.support import GatewayProcess, GatewayThread, catalog_file, process_env, settings_for
+
+HUGE_RATE = {"rate_per_minute": 10**7, "burst": 10**6}
+
+
+def post_chat(url: str, key: str, headers: dict[str, str] | None = None) -> int:
+    import http.client
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions",
+                     body=json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode(),
+                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                              **(headers or {})})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def quota_of(client: redis.Redis, account_id: str) -> dict[str, int]:
+    period = time.strftime("%Y-%m", time.gmtime())
+    raw_hash = client.hgetall(AccountKeys(account_id, 16).quota(period))
+    return {k.decode(): int(v) for k, v in raw_hash.items()}
+
+
+def test_exact_quota_across_two_gateway_processes(redis_url: str, upstream: Any, tmp_path: Path) -> None:
+    quota = 30
+    path = catalog_file(tmp_path, "free", included_calls=quota, **HUGE_RATE)
+    store = AccountStore(redis.Redis.from_url(redis_url), load_catalog(path), 16)
+    account_id = store.create_account("Racer", "free")
+    key = store.issue_key(account_id).api_key
+    settings = settings_for(redis_url, upstream.url, UPSTREAM_KEY, tmp_path, catalog_path=path)
+    gateways = [GatewayProcess(process_env(settings)).start() for _ in range(2)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+            statuses = list(pool.map(lambda i: post_chat(gateways[i % 2].url, key), range(10 * quota)))
+        assert statuses.count(200) == quota
+        assert statuses.count(429) == 9 * quota
+        usage = AccountKeys(account_id, 16).usage
+        wait_for(lambda: store.client.xlen(usage) == quota)
+        counters = quota_of(store.client, account_id)
+        assert counters["used"] == quota and counters["reserved"] == 0
+        time.sleep(0.3)
+        assert store.client.xlen(usage) == quota
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        store.client.close()
+
+
+def test_refusals_carry_retry_after_and_openai_codes(make_gateway: Any, store: AccountStore,
+                                                     tmp_path: Path) -> None:
+    path = catalog_file(tmp_path, "free", included_calls=2, rate_per_minute=60, burst=1)
+    gateway = make_gateway(catalog=load_catalog(path))
+    account_id = store.create_account("Limited", "free")
+    key = store.issue_key(account_id).api_key
+    client = sdk(gateway, key)
+    ok = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert ok.headers["x-ratelimit-limit-requests"] == "60"
+    assert ok.headers["x-ratelimit-remaining-requests"] == "0"
+    assert ok.headers["x-quota-limit"] == "2" and ok.headers["x-quota-remaining"] == "1"
+    assert ok.headers["x-quota-reset"].endswith("-01T00:00:00Z")
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert limited.value.code == "rate_limit_exceeded"
+    assert limited.value.response.headers["retry-after"] == "1"
+    time.sleep(1.05)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    time.sleep(1.05)
+    with pytest.raises(openai.RateLimitError) as exhausted:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert exhausted.value.code == "insufficient_quota"
+    assert "resets at the start of the next month" in exhausted.value.message
+    assert int(exhausted.value.response.headers["retry-after"]) > 0
+    assert metric(gateway, 'aihub_quota_decisions_total{outcome="quota_exhausted"}') >= 1
+    assert metric(gateway, "aihub_admit_latency_seconds_count") >= 3
+
+
+def test_streamed_usage_lands_in_the_counters(gateway: GatewayThread, store: AccountStore) -> None:
+    account_id = store.create_account("Streamer", "enterprise")
+    key = store.issue_key(account_id).api_key
+    client = sdk(gateway, key, default_headers={"X-Fake-Cached-Tokens": "2"})
+    list(client.chat.completions.create(model="o3-mini", messages=MESSAGES, stream=True, max_tokens=5))
+    wait_for(lambda: quota_of(store.client, account_id).get("used") == 1)
+    counters = quota_of(store.client, account_id)
+    assert counters["pt"] == 8 and counters["ct"] == 9 and counters["cached"] == 2 and counters["reasoning"] == 4
+    catalog = load_catalog(Path("config/catalog.toml"))
+    assert counters["cost_nanos"] == catalog.models["o3-mini"].cost_nanos(8, 9)
+
+
+@pytest.mark.parametrize("forced", ["-5,10", "99999999999999,1", "none"])
+def test_malformed_upstream_usage_is_not_counted(gateway: GatewayThread, store: AccountStore, forced: str) -> None:
+    account_id = store.create_account("Odd", "pro")
+    key = store.issue_key(account_id).api_key
+    assert post_chat(gateway.url, key, {"X-Fake-Usage": forced}) == 200
+    wait_for(lambda: quota_of(store.client, account_id).get("used") == 1)
+    counters = quota_of(store.client, account_id)
+    assert counters["pt"] == 0 and counters["ct"] == 0 and counters["cost_nanos"] == 0
+
+
+def test_oversized_or_malformed_key_ids_are_401(gateway: GatewayThread) -> None:
+    for key in (f"sk-ah_{'a' * 40}_abcd_{'x' * 30}", "sk-ah_ab_cd_x", "sk-ah_UPPER_abcd_" + "x" * 30,
+                "sk-ah_abcd_abcd_" + "x" * 300):
+        status, _, _ = raw(gateway, "POST", "/v1/chat/completions", b"{}", {"Authorization": f"Bearer {key}"})
+        assert status == 401, key
+
+
+def test_gateway_killed_mid_request_leaks_no_quota(redis_url: str, upstream: Any, tmp_path: Path) -> None:
+    path = catalog_file(tmp_path, "free", included_calls=1, **HUGE_RATE)
+    cat = load_catalog(path)
+    store = AccountStore(redis.Redis.from_url(redis_url), cat, 16)
+    account_id = store.create_account("Crash", "free")
+    key = store.issue_key(account_id).api_key
+    settings = settings_for(redis_url, upstream.url, UPSTREAM_KEY, tmp_path, catalog_path=path)
+    gateway = GatewayProcess(process_env(settings)).start()
+    hanging = threading.Thread(target=lambda: _swallow(post_chat, gateway.url, key, {"X-Fake-Hang": "1"}))
+    hanging.start()
+    wait_for(lambda: quota_of(store.client, account_id).get("reserved") == 1)
+    gateway.stop(kill=True)                                   # SIGKILL between admit and settle
+    hanging.join(10)
+    assert quota_of(store.client, account_id)["reserved"] == 1
+    replacement = GatewayProcess(process_env(settings)).start()
+    try:
+        assert post_chat(replacement.url, key) == 429             # the reservation still holds the quota
+        assert reap_at(settings, cat, time.time() + settings.reservation_ttl_s + 1) == 1
+        counters = quota_of(store.client, account_id)
+        assert counters["reserved"] == 0 and counters.get("used", 0) == 0
+        [(_, row)] = store.client.xrange(AccountKeys(account_id, 16).usage)
+        assert row[b"outcome"] == b"abandoned"
+        assert post_chat(replacement.url, key) == 200
+    finally:
+        replacement.stop()
+        store.client.close()
+
+
+def reap_at(settings: Settings, catalog: Catalog, when: float) -> int:
+    """Runs the reaper once as if the clock said `when`."""
+    clock = PinnedClock()
+    clock.now = when
+
+    async def reap() -> int:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        engine = QuotaEngine(settings, catalog, client, Spool(settings.spool_dir), clock)
+        try:
+            return await reap_expired(engine)
+        finally:
+            await engine.close()
+            await client.aclose()
+
+    return asyncio.run(reap())
+
+
+def _swallow(fn: Any, *args: Any) -> None:
+    with contextlib.suppress(OSError):   # the killed gateway resets the connection
+        fn(*args)
