@@ -68,6 +68,11 @@ def classify(exc: BaseException, message: str | None = None) -> ClickHouseError:
     return ClickHouseQueryError(text, code=code, name=name)
 
 
+def _params(parameters: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Server-side `{name:Type}` parameters; None (no binding at all) when there are none."""
+    return dict(parameters) if parameters else None
+
+
 class ClickHouse:
     """A lazily connected clickhouse-connect client; reconnects on the next call after a failure."""
 
@@ -128,21 +133,21 @@ class ClickHouse:
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
         client = self.connect()
         try:
-            return client.command(sql, parameters=dict(parameters) if parameters else None)
+            return client.command(sql, parameters=_params(parameters))
         except Exception as exc:
             raise self._fail(exc) from None
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         client = self.connect()
         try:
-            return [tuple(row) for row in client.query(sql, parameters=dict(parameters) if parameters else None).result_rows]
+            return [tuple(row) for row in client.query(sql, parameters=_params(parameters)).result_rows]
         except Exception as exc:
             raise self._fail(exc) from None
 
     def query_dicts(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         client = self.connect()
         try:
-            result = client.query(sql, parameters=dict(parameters) if parameters else None)
+            result = client.query(sql, parameters=_params(parameters))
             names = result.column_names
             return [dict(zip(names, row, strict=True)) for row in result.result_rows]
         except Exception as exc:

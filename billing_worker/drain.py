@@ -1,0 +1,186 @@
+"""The drain: usage streams -> ClickHouse, at least once, deduplicated by request id.
+
+Per batch: read entries with a consumer group, validate and convert each, load the valid ones with ONE
+INSERT, then dead-letter the invalid ones and XACK everything in one MULTI per stream. An entry is
+acknowledged only after its row is in ClickHouse (or in the dead-letter stream), so a crash or an
+unavailable ClickHouse leaves it pending; it is read again (by this consumer, or reclaimed by another
+with XAUTOCLAIM) and inserted again, and `usage_rows` (ReplacingMergeTree by rid, read with FINAL)
+counts it once. A batch ClickHouse refuses for its data is bisected down to the refused rows, which
+are dead-lettered with ClickHouse's message. Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from billing_worker import redis_streams as rs
+from billing_worker.backoff import backoff_delay
+from billing_worker.clickhouse import ClickHouse
+from billing_worker.errors import ClickHouseError, ClickHouseRejected, ClickHouseUnavailable, InvalidUsageEntry
+from billing_worker.keys import dead_letter_for, usage_streams
+from billing_worker.settings import Settings
+from billing_worker.usage_entry import COLUMNS, to_row
+
+log = logging.getLogger(__name__)
+
+TABLE = "usage_rows"
+
+
+@dataclass
+class DrainStats:
+    batches: int = 0
+    read: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    vanished: int = 0  # pending ids whose entry no longer exists in the stream
+    insert_retries: int = 0
+    trimmed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    elapsed_s: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.read / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "started"} | {"rows_per_s": round(self.rows_per_s)}
+
+
+Progress = Callable[[DrainStats], None]
+
+
+@dataclass
+class _Drain:
+    redis: redis.Redis
+    ch: ClickHouse
+    settings: Settings
+    consumer: str
+    sleep: Callable[[float], None]
+    progress: Progress | None
+    stats: DrainStats = field(default_factory=DrainStats)
+
+    @property
+    def group(self) -> str:
+        return self.settings.drain_group
+
+    def budget_left(self, max_batches: int) -> bool:
+        return max_batches <= 0 or self.stats.batches < max_batches
+
+    def process(self, chunks: Sequence[rs.Chunk]) -> None:
+        """Load one batch and acknowledge it; raises (leaving it pending) if ClickHouse stays down."""
+        rows: list[bytes] = []
+        origin: list[tuple[str, bytes, Any]] = []
+        dead: dict[str, list[tuple[bytes, Sequence[bytes] | None, str]]] = {}
+        for stream, entries in chunks:
+            for entry_id, flat in entries:
+                if flat is None:
+                    self.stats.vanished += 1
+                    continue
+                try:
+                    rows.append(to_row(entry_id, flat))
+                except InvalidUsageEntry as exc:
+                    dead.setdefault(stream, []).append((entry_id, flat, f"invalid: {exc.reason}"))
+                    continue
+                origin.append((stream, entry_id, flat))
+        refused: list[tuple[int, str]] = []
+        if rows:
+            refused = self.insert(rows, 0, len(rows))
+            for index, reason in refused:
+                stream, entry_id, flat = origin[index]
+                dead.setdefault(stream, []).append((entry_id, flat, reason))
+            if self.settings.drain_fault == "kill-after-insert":
+                os.kill(os.getpid(), signal.SIGKILL)  # tests: die between INSERT and XACK
+        for stream, entries in chunks:
+            stream_dead = dead.get(stream, [])
+            rs.settle(self.redis, stream, dead_letter_for(stream), self.group, [e[0] for e in entries], stream_dead)
+            self.stats.dead_lettered += len(stream_dead)
+            self.stats.read += len(entries)
+        self.stats.inserted += len(rows) - len(refused)
+        self.stats.batches += 1
+        self.stats.elapsed_s = time.monotonic() - self.stats.started
+        if self.progress is not None:
+            self.progress(self.stats)
+
+    def insert(self, rows: list[bytes], lo: int, hi: int) -> list[tuple[int, str]]:
+        """Insert rows[lo:hi]; returns the (index, reason) of rows ClickHouse refused for their data."""
+        try:
+            self.insert_with_retry(b"\n".join(rows[lo:hi]) + b"\n")
+            return []
+        except ClickHouseRejected as exc:
+            if hi - lo == 1:
+                name = f" {exc.name}" if exc.name else ""
+                return [(lo, f"clickhouse rejected{name} (code {exc.code}): {str(exc)[:500]}")]
+            mid = (lo + hi) // 2
+            return self.insert(rows, lo, mid) + self.insert(rows, mid, hi)
+
+    def insert_with_retry(self, data: bytes) -> None:
+        s = self.settings
+        for attempt in range(s.drain_insert_attempts):
+            try:
+                self.ch.insert_tsv(TABLE, COLUMNS, data)
+                return
+            except ClickHouseRejected:
+                raise
+            except ClickHouseError as exc:
+                if attempt + 1 >= s.drain_insert_attempts:
+                    raise ClickHouseUnavailable(
+                        f"insert failed {attempt + 1} times, rows stay pending in the stream: {exc}",
+                        code=exc.code, name=exc.name) from None
+                delay = backoff_delay(attempt, s.drain_backoff_s, s.drain_backoff_max_s)
+                log.warning("ClickHouse insert failed (%s); retry %d in %.2fs", exc, attempt + 1, delay)
+                self.stats.insert_retries += 1
+                self.sleep(delay)
+
+
+def drain_once(redis_client: redis.Redis, ch: ClickHouse, settings: Settings, *, max_batches: int | None = None,
+               progress: Progress | None = None, sleep: Callable[[float], None] = time.sleep) -> DrainStats:
+    """Drain every usage shard stream until it is empty (or `max_batches` batches), then trim.
+
+    Order: this consumer's own pending entries, then entries other consumers left pending longer than
+    `drain_claim_idle_ms` (XAUTOCLAIM), then new entries. Raises `ClickHouseUnavailable` when the insert
+    still fails after `drain_insert_attempts` tries with backoff; the entries stay pending and the
+    next call (or another worker, after the idle time) loads them.
+    """
+    streams = usage_streams(settings.shards)
+    d = _Drain(redis_client, ch, settings, settings.consumer, sleep, progress)
+    limit = settings.drain_batch_size
+    budget = settings.drain_max_batches if max_batches is None else max_batches
+    rs.ensure_groups(redis_client, streams, d.group)
+
+    while d.budget_left(budget):
+        chunks = rs.read_own_pending(redis_client, streams, d.group, d.consumer, limit)
+        if not chunks:
+            break
+        d.process(chunks)
+
+    for stream in streams:
+        cursor = "0-0"
+        while d.budget_left(budget):
+            cursor, entries, vanished = rs.claim_stale(
+                redis_client, stream, d.group, d.consumer, settings.drain_claim_idle_ms, cursor, limit)
+            d.stats.vanished += vanished
+            if entries:
+                d.stats.reclaimed += len(entries)
+                d.process([(stream, entries)])
+            if cursor == "0-0":
+                break
+
+    while d.budget_left(budget):
+        chunks = rs.read_new(redis_client, streams, d.group, d.consumer, limit)
+        if not chunks:
+            break
+        d.process(chunks)
+
+    if settings.drain_trim:
+        d.stats.trimmed = sum(rs.trim_acknowledged(redis_client, stream) for stream in streams)
+    d.stats.elapsed_s = time.monotonic() - d.stats.started
+    return d.stats
