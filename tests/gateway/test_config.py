@@ -1,0 +1,89 @@
+"""Settings and catalog fail at start-up with the name of what is wrong; the admin CLI does what it says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from gateway.catalog import load_catalog
+from gateway.cli import main
+from gateway.errors import ConfigError
+from gateway.keys import AccountKeys, hash_api_key
+from gateway.settings import ROOT, Settings
+
+
+def test_settings_read_typed_values_and_upstreams() -> None:
+    settings = Settings.from_env({"AIHUB_PORT": "9000", "AIHUB_QUOTA_CHECKS": "off",
+                                  "AIHUB_UPSTREAM_DEFAULT_URL": "http://up:1/", "AIHUB_UPSTREAM_DEFAULT_KEY": "k"})
+    assert settings.port == 9000 and settings.quota_checks is False
+    assert settings.upstream_urls == {"default": "http://up:1"} and settings.upstream_keys == {"default": "k"}
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"AIHUB_PORT": "eighty"}, "AIHUB_PORT"),
+    ({"AIHUB_QUOTA_CHECKS": "maybe"}, "AIHUB_QUOTA_CHECKS"),
+    ({"AIHUB_REDIS_FAILURE_POLICY": "sometimes"}, "AIHUB_REDIS_FAILURE_POLICY"),
+    ({"AIHUB_SHARDS": "0"}, "AIHUB_SHARDS"),
+])
+def test_malformed_settings_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / "aihub.env"
+    env_file.write_text("# comment\nAIHUB_PORT=7000\nAIHUB_SHARDS=8\n")
+    settings = Settings.from_env({"AIHUB_ENV_FILE": str(env_file), "AIHUB_SHARDS": "4"})
+    assert settings.port == 7000 and settings.shards == 4
+
+
+def test_catalog_holds_the_three_seed_plans_in_integer_money() -> None:
+    catalog = load_catalog(ROOT / "config" / "catalog.toml")
+    free, pro, enterprise = catalog.plans["free"], catalog.plans["pro"], catalog.plans["enterprise"]
+    assert (free.price_minor, free.included_calls, free.model_tiers) == (0, 100, ("basic",))
+    assert (pro.price_minor, pro.included_calls, pro.custom_quota) == (2900, 5000, True)
+    assert (enterprise.price_minor, enterprise.unlimited_calls) == (9900, True)
+    assert catalog.models["gpt-4o-mini"].cost_nanos(1_000_000, 1_000_000) == 750_000_000   # $0.15 + $0.60
+
+
+@pytest.mark.parametrize(("mutation", "message"), [
+    (("overage = \"hard\"", "overage = \"sometimes\""), "plans.free.overage"),
+    (("tier = \"advanced\"", "tier = \"golden\""), "models.gpt-4o.tier"),
+    (("input_per_1m = \"2.50\"", "input_per_1m = \"cheap\""), "models.gpt-4o.input_per_1m"),
+    (("rate_per_minute = 20", "rate_per_minute = 0"), "plans.free.rate_per_minute"),
+])
+def test_malformed_catalog_names_the_field(tmp_path: Path, mutation: tuple[str, str], message: str) -> None:
+    text = (ROOT / "config" / "catalog.toml").read_text()
+    assert mutation[0] in text
+    path = tmp_path / "catalog.toml"
+    path.write_text(text.replace(mutation[0], mutation[1], 1))
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_catalog(path)
+
+
+def test_cli_manages_accounts_keys_and_quotas(redis_url: str, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["create-account", "--name", "Acme", "--plan", "pro", "--id", "acme"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    client = redis.Redis.from_url(redis_url)
+    stored = client.hgetall(AccountKeys("acme", 16).api_key(created["key_id"]))
+    assert stored[b"sha256"].decode() == hash_api_key(created["api_key"])
+    assert created["api_key"].encode() not in b"".join(v for k in client.keys("*") if client.type(k) == b"hash"
+                                                       for v in client.hgetall(k).values())
+    assert main(["set-quota", "acme", "20000"]) == 0
+    assert json.loads(capsys.readouterr().out)["custom_quota"] == "20000"
+    assert main(["boost", "acme", "--calls", "50", "--until", "2099-01-01"]) == 0
+    assert main(["revoke-key", "acme", created["key_id"]]) == 0
+    capsys.readouterr()
+    assert main(["create-account", "--name", "Tiny", "--plan", "free", "--id", "tiny"]) == 0
+    capsys.readouterr()
+    assert main(["set-quota", "tiny", "500"]) == 2
+    assert "does not allow a custom quota" in capsys.readouterr().err
+    assert main(["set-plan", "tiny", "platinum"]) == 2
+    assert "Unknown plan" in capsys.readouterr().err
+    assert main(["show-account", "nobody"]) == 2
+    client.close()
