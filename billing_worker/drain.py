@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ class _Drain:
     consumer: str
     sleep: Callable[[float], None]
     progress: Progress | None
+    executor: ThreadPoolExecutor | None = None
+    in_flight: Future[None] | None = None
     stats: DrainStats = field(default_factory=DrainStats)
 
     @property
@@ -73,10 +76,12 @@ class _Drain:
         return self.settings.drain_group
 
     def budget_left(self, max_batches: int) -> bool:
-        return max_batches <= 0 or self.stats.batches < max_batches
+        submitted = self.stats.batches + (self.in_flight is not None)
+        return max_batches <= 0 or submitted < max_batches
 
     def process(self, chunks: Sequence[rs.Chunk]) -> None:
-        """Load one batch and acknowledge it; raises (leaving it pending) if ClickHouse stays down."""
+        """Convert a batch here, then load and acknowledge it in the background (one batch in flight):
+        reading and converting the next batch overlaps the INSERT and the XACKs of this one."""
         rows: list[bytes] = []
         origin: list[tuple[str, bytes, Any]] = []
         dead: dict[str, list[tuple[bytes, Sequence[bytes] | None, str]]] = {}
@@ -91,6 +96,20 @@ class _Drain:
                     dead.setdefault(stream, []).append((entry_id, flat, f"invalid: {exc.reason}"))
                     continue
                 origin.append((stream, entry_id, flat))
+        self.flush()
+        if self.executor is None:
+            self.load(chunks, rows, origin, dead)
+        else:
+            self.in_flight = self.executor.submit(self.load, chunks, rows, origin, dead)
+
+    def flush(self) -> None:
+        """Wait for the batch in flight; its failure (ClickHouse down, Redis down) is raised here."""
+        job, self.in_flight = self.in_flight, None
+        if job is not None:
+            job.result()
+
+    def load(self, chunks: Sequence[rs.Chunk], rows: list[bytes], origin: list[tuple[str, bytes, Any]],
+             dead: dict[str, list[tuple[bytes, Sequence[bytes] | None, str]]]) -> None:
         refused: list[tuple[int, str]] = []
         if rows:
             refused = self.insert(rows, 0, len(rows))
@@ -152,21 +171,35 @@ def drain_once(redis_client: redis.Redis, ch: ClickHouse, settings: Settings, *,
     """
     streams = usage_streams(settings.shards)
     d = _Drain(redis_client, ch, settings, settings.consumer, sleep, progress)
-    limit = settings.drain_batch_size
-    budget = settings.drain_max_batches if max_batches is None else max_batches
     rs.ensure_groups(redis_client, streams, d.group)
+    # A second thread loads batches while this one reads; not with a single-connection client.
+    if redis_client.connection is None:
+        d.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drain-load")
+    try:
+        _drain(d, streams, settings.drain_max_batches if max_batches is None else max_batches)
+    finally:
+        if d.executor is not None:
+            d.executor.shutdown(wait=True)
+    if settings.drain_trim:
+        d.stats.trimmed = sum(rs.trim_acknowledged(redis_client, stream) for stream in streams)
+    d.stats.elapsed_s = time.monotonic() - d.stats.started
+    return d.stats
 
+
+def _drain(d: _Drain, streams: list[str], budget: int) -> None:
+    limit = d.settings.drain_batch_size
     while d.budget_left(budget):
-        chunks = rs.read_own_pending(redis_client, streams, d.group, d.consumer, limit)
+        chunks = rs.read_own_pending(d.redis, streams, d.group, d.consumer, limit)
         if not chunks:
             break
         d.process(chunks)
+        d.flush()  # the next read of our own pending entries must not see this batch again
 
     for stream in streams:
         cursor = "0-0"
         while d.budget_left(budget):
             cursor, entries, vanished = rs.claim_stale(
-                redis_client, stream, d.group, d.consumer, settings.drain_claim_idle_ms, cursor, limit)
+                d.redis, stream, d.group, d.consumer, d.settings.drain_claim_idle_ms, cursor, limit)
             d.stats.vanished += vanished
             if entries:
                 d.stats.reclaimed += len(entries)
@@ -175,12 +208,8 @@ def drain_once(redis_client: redis.Redis, ch: ClickHouse, settings: Settings, *,
                 break
 
     while d.budget_left(budget):
-        chunks = rs.read_new(redis_client, streams, d.group, d.consumer, limit)
+        chunks = rs.read_new(d.redis, streams, d.group, d.consumer, limit)
         if not chunks:
             break
         d.process(chunks)
-
-    if settings.drain_trim:
-        d.stats.trimmed = sum(rs.trim_acknowledged(redis_client, stream) for stream in streams)
-    d.stats.elapsed_s = time.monotonic() - d.stats.started
-    return d.stats
+    d.flush()
