@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from gateway.keys import AccountKeys, ParsedKey
 from gateway.quota.periods import Period
@@ -39,10 +38,9 @@ class Admission:
             "x-ratelimit-reset-requests": f"{self.rate_reset_ms / 1000:.3f}s",
         }
         if self.billable:
-            reset = datetime.fromtimestamp(self.period.end_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             headers["x-quota-limit"] = "unlimited" if self.limit < 0 else str(self.limit)
             headers["x-quota-remaining"] = "unlimited" if self.limit < 0 else str(self.remaining)
-            headers["x-quota-reset"] = reset
+            headers["x-quota-reset"] = self.period.reset_iso
         return headers
 
 

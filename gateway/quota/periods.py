@@ -20,6 +20,7 @@ class Period:
     name: str       # "2026-11"
     start_s: int
     end_s: int      # start of the next period
+    reset_iso: str  # end_s as ISO 8601 UTC, for the X-Quota-Reset header
 
     def contains(self, ts: float) -> bool:
         return self.start_s <= ts < self.end_s
@@ -29,7 +30,8 @@ def period_of(ts: float) -> Period:
     moment = datetime.fromtimestamp(ts, UTC)
     start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
     end = datetime(moment.year + (moment.month == 12), moment.month % 12 + 1, 1, tzinfo=UTC)
-    return Period(f"{moment.year:04d}-{moment.month:02d}", int(start.timestamp()), int(end.timestamp()))
+    return Period(f"{moment.year:04d}-{moment.month:02d}", int(start.timestamp()), int(end.timestamp()),
+                  end.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 class PeriodCache:
