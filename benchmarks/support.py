@@ -6,8 +6,10 @@ Every process started here is stopped by the context manager that started it, an
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -134,8 +136,8 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float
 @contextlib.contextmanager
 def gateway(redis_url: str, upstream_url: str, catalog_path: Path, workdir: Path, *, quota_checks: bool = True,
             profile_to: Path | None = None) -> Iterator[Service]:
-    """One `python -m gateway serve` process; yields its URL and pid. `profile_to` runs it under cProfile
-    (the stats file is written when the process stops, on SIGINT)."""
+    """One `python -m gateway serve` process; yields its URL and pid. `profile_to` runs it under a profiler:
+    benchmarks.sampler for a .json path, cProfile otherwise (written when the process stops, on SIGINT)."""
     port = free_port()
     env = dict(os.environ) | {
         "REDIS_URL": redis_url, "AIHUB_HOST": "127.0.0.1", "AIHUB_PORT": str(port),
@@ -143,7 +145,8 @@ def gateway(redis_url: str, upstream_url: str, catalog_path: Path, workdir: Path
         "AIHUB_QUOTA_CHECKS": "1" if quota_checks else "0", "AIHUB_CATALOG": str(catalog_path),
         "AIHUB_SPOOL_DIR": str(workdir / f"spool-{port}"), "PYTHONPATH": str(ROOT)}
     env.pop("AIHUB_ENV_FILE", None)
-    profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
+    profiler = [] if profile_to is None else ["-m", "benchmarks.sampler", str(profile_to)] \
+        if profile_to.suffix == ".json" else ["-m", "cProfile", "-o", str(profile_to)]
     log = open(workdir / f"gateway-{port}.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([PYTHON, *profiler, "-m", "gateway", "serve"], env=env, cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -152,7 +155,8 @@ def gateway(redis_url: str, upstream_url: str, catalog_path: Path, workdir: Path
         wait_http(f"{url}/healthz", proc)
         yield Service(url, proc.pid)
     finally:
-        stop(proc)
+        # SIGTERM is the service stop; a profiler needs SIGINT (KeyboardInterrupt) to write its stats.
+        stop(proc, signal.SIGINT if profile_to else signal.SIGTERM)
         log.close()
 
 
@@ -258,37 +262,66 @@ def run_wrk(targets: Sequence[tuple[str, Path]], *, seconds: float = SECONDS, th
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for url, script in targets]
     outputs = []
-    for proc in procs:
-        try:
+    try:
+        for proc in procs:
             out, _ = proc.communicate(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
-        if proc.returncode != 0:
-            raise RuntimeError(f"wrk failed ({proc.returncode}):\n{out}")
-        outputs.append(out)
+            if proc.returncode != 0:
+                raise RuntimeError(f"wrk failed ({proc.returncode}):\n{out}")
+            outputs.append(out)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     return [parse_wrk(out) for out in outputs]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, its threads and its live children (nginx workers), from /proc."""
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU time of a process, its threads and (by default) its live children (nginx workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return own + sum(cpu_seconds(int(child)) for child in children)
+    if not children:
+        return own
+    return own + sum(cpu_seconds(int(child)) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by the whole machine (all cores) outside idle and iowait."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(threshold: float = 15.0, timeout: float = 60.0, window: float = 2.0) -> float:
+    """Waits (at most `timeout` s) until the machine is near idle: less than `threshold` % of one core busy
+    over `window` s; returns the last busy %. Other jobs on a 2-core machine skew every figure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(window)
+        busy = 100 * (machine_busy_seconds() - before) / window
+        if busy < threshold or time.monotonic() > deadline:
+            return busy
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(targets: Sequence[tuple[str, Path]], watch: Sequence[int] = (), connections: int = 50,
             threads: int = 2) -> tuple[list[WrkResult], list[float]]:
-    """A short warm-up (keep-alive pools, caches), then the measured run; also the CPU use (% of one core)
-    of each `watch` pid during the measured run."""
+    """A short warm-up (keep-alive pools, caches), then the measured run. Also returns the CPU use (% of one
+    core) during the measured run of each `watch` pid, then of wrk, then of everything else on the machine
+    (other jobs: a noise indicator)."""
     run_wrk(targets, seconds=WARMUP_SECONDS, threads=threads, connections=connections)
     before = [cpu_seconds(pid) for pid in watch]
-    started = time.monotonic()
+    wrk_before, machine_before, started = children_cpu_seconds(), machine_busy_seconds(), time.monotonic()
     results = run_wrk(targets, threads=threads, connections=connections)
     elapsed = time.monotonic() - started
-    return results, [100 * (cpu_seconds(pid) - b) / elapsed for pid, b in zip(watch, before, strict=True)]
+    used = [cpu_seconds(pid) - b for pid, b in zip(watch, before, strict=True)]
+    used.append(children_cpu_seconds() - wrk_before)
+    used.append(machine_busy_seconds() - machine_before - sum(used))
+    return results, [100 * u / elapsed for u in used]
 
 
 # -- reporting -------------------------------------------------------------------------------------------
@@ -296,7 +329,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
     if not sorted_values:
         raise ValueError("no samples")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
     return sorted_values[rank - 1]
 
 

@@ -1,15 +1,21 @@
 """Quota engine cost: admit, settle and admit+settle round trips against Redis PING from the same
-redis.asyncio client in the same run (uvloop), one at a time and with 50 concurrent tasks; then admits/s
-with 50 tasks, with the engine's same-tick pipelining (ScriptBatcher) and without it (max_batch=1).
+redis.asyncio client in the same run (uvloop), one at a time and with 50 concurrent tasks; the Redis-side
+cost of each script; then admits/s with 50 tasks, with the engine's same-tick pipelining (ScriptBatcher)
+and without it (max_batch=1: one EVALSHA per call).
+
+Latency tails are sensitive to other jobs on the machine: each mode runs QUOTA_ROUNDS times and the round
+with the median admit/PING p99 ratio is shown (all the ratios are printed too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -19,27 +25,33 @@ from benchmarks.support import (
     MODEL,
     STRICT,
     bench_catalog,
+    cpu_seconds,
+    machine_busy_seconds,
     percentile,
     private_redis,
     seed_account,
     table,
     verdict,
+    wait_quiet,
 )
 from gateway.catalog import load_catalog
 from gateway.keys import ParsedKey, parse_api_key
-from gateway.quota.admission import Usage
+from gateway.quota.admission import Admission, Usage
 from gateway.quota.batcher import ScriptBatcher
 from gateway.quota.engine import QuotaEngine
 from gateway.quota.spool import Spool
 from gateway.settings import Settings
 
+QUOTA_ROUNDS = 3
 SEQUENTIAL_CYCLES = 3000
 TASKS = 50
 CYCLES_PER_TASK = 200
 THROUGHPUT_SECONDS = 3.0
 MAX_ADMIT_OVER_PING_P99 = 2.0
 USAGE = Usage(True, "ok", 200, 10, 5, 0, 0, 100, 1)
+OPERATIONS = ("admit", "settle", "admit+settle", "PING")
 Samples = dict[str, list[int]]
+Step = Callable[[], Awaitable[object]]
 
 
 def _rid() -> str:
@@ -64,7 +76,21 @@ async def _cycles(engine: QuotaEngine, key: ParsedKey, cycles: int, samples: Sam
         samples["PING"].append(t3 - t2)
 
 
-async def _rate(tasks: int, seconds: float, step: Callable[[], Awaitable[object]]) -> float:
+async def _mode(engine: QuotaEngine, key: ParsedKey, tasks: int) -> dict[str, list[float]]:
+    """One round: sorted milliseconds per operation."""
+    samples: Samples = {name: [] for name in OPERATIONS}
+    if tasks == 1:
+        await _cycles(engine, key, SEQUENTIAL_CYCLES, samples)
+    else:
+        await asyncio.gather(*(_cycles(engine, key, CYCLES_PER_TASK, samples) for _ in range(tasks)))
+    return {name: sorted(v / 1e6 for v in values) for name, values in samples.items()}
+
+
+def _p99_ratio(ms: dict[str, list[float]]) -> float:
+    return percentile(ms["admit"], 99) / percentile(ms["PING"], 99)
+
+
+async def _rate(tasks: int, seconds: float, step: Step) -> float:
     """Calls of `step` per second with `tasks` concurrent tasks."""
     done = 0
     deadline = time.perf_counter() + seconds
@@ -80,29 +106,42 @@ async def _rate(tasks: int, seconds: float, step: Callable[[], Awaitable[object]
     return done / (time.perf_counter() - started)
 
 
-async def _run(url: str, catalog_path: Path, spool_dir: Path, api_key: str) -> tuple[dict[str, Samples],
-                                                                                       dict[str, float]]:
+async def _server_us(client: Any, step: Step, calls: int) -> float:
+    """Redis-side microseconds per EVALSHA (INFO commandstats) over `calls` sequential steps."""
+    await client.config_resetstat()
+    for _ in range(calls):
+        await step()
+    return float((await client.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"])
+
+
+async def _run(url: str, catalog_path: Path, spool_dir: Path, api_key: str) -> dict[str, Any]:
     catalog = load_catalog(catalog_path)
     client = redis.asyncio.Redis.from_url(url)
     engine = QuotaEngine(Settings(redis_url=url), catalog, client, Spool(spool_dir))
     key = parse_api_key(api_key)
     assert key is not None
     model = catalog.models[MODEL]
+    admitted: list[Admission] = []
+
+    async def admit() -> Admission:
+        return await engine.admit(key, model, _rid(), True)
+
+    async def admit_kept() -> None:
+        admitted.append(await admit())
+
+    async def settle_kept() -> None:
+        await engine.settle(admitted.pop(), USAGE)
+
+    async def ping() -> object:
+        return await client.ping()
+
     try:
-        await _cycles(engine, key, 200, {n: [] for n in ("admit", "settle", "admit+settle", "PING")})  # warm-up
-        runs: dict[str, Samples] = {}
-        runs["sequential"] = {n: [] for n in ("admit", "settle", "admit+settle", "PING")}
-        await _cycles(engine, key, SEQUENTIAL_CYCLES, runs["sequential"])
-        runs[f"{TASKS} tasks"] = {n: [] for n in ("admit", "settle", "admit+settle", "PING")}
-        await asyncio.gather(*(_cycles(engine, key, CYCLES_PER_TASK, runs[f"{TASKS} tasks"])
-                               for _ in range(TASKS)))
-
-        async def admit() -> object:
-            return await engine.admit(key, model, _rid(), True)
-
-        async def ping() -> object:
-            return await client.ping()
-
+        await _cycles(engine, key, 200, {name: [] for name in OPERATIONS})   # warm-up, loads the scripts
+        modes = {"sequential": 1, f"{TASKS} tasks": TASKS}
+        rounds = {mode: [await _mode(engine, key, tasks) for _ in range(QUOTA_ROUNDS)]
+                  for mode, tasks in modes.items()}
+        server = {"admit.lua": await _server_us(client, admit_kept, 1000),
+                  "settle.lua": await _server_us(client, settle_kept, 1000)}
         rates = {"admits/s, pipelined (ScriptBatcher)": await _rate(TASKS, THROUGHPUT_SECONDS, admit)}
         batcher = engine.batcher
         engine.batcher = ScriptBatcher(client, max_batch=1)   # one EVALSHA per call, no pipelining
@@ -112,7 +151,7 @@ async def _run(url: str, catalog_path: Path, spool_dir: Path, api_key: str) -> t
             await engine.batcher.drain()
             engine.batcher = batcher
         rates["PINGs/s"] = await _rate(TASKS, THROUGHPUT_SECONDS, ping)
-        return runs, rates
+        return {"rounds": rounds, "server": server, "rates": rates}
     finally:
         await engine.close()
         engine.spool.close()
@@ -121,30 +160,46 @@ async def _run(url: str, catalog_path: Path, spool_dir: Path, api_key: str) -> t
 
 @pytest.mark.benchmark
 def test_quota_round_trips(tmp_path: Path) -> None:
+    idle = wait_quiet()
     catalog = bench_catalog(tmp_path)
     with private_redis() as rds:
+        assert rds.proc is not None
         api_key = seed_account(rds.url, catalog)
+        pid = rds.proc.pid
+
+        def ours() -> float:
+            return cpu_seconds(os.getpid(), children=False) + cpu_seconds(pid)
+
+        own = ours()
+        machine, started = machine_busy_seconds(), time.monotonic()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runs, rates = runner.run(asyncio.wait_for(_run(rds.url, catalog, tmp_path / "spool", api_key), 180))
+            found = runner.run(asyncio.wait_for(_run(rds.url, catalog, tmp_path / "spool", api_key), 300))
+        elapsed = time.monotonic() - started
+        other = machine_busy_seconds() - machine - (ours() - own)
 
     rows: list[tuple[object, ...]] = []
-    p99_ratio: dict[str, float] = {}
-    for mode, samples in runs.items():
-        ms = {name: sorted(v / 1e6 for v in values) for name, values in samples.items()}
-        for name, values in ms.items():
-            rows.append((mode, name, percentile(values, 50), percentile(values, 99), len(values)))
-        p99_ratio[mode] = percentile(ms["admit"], 99) / percentile(ms["PING"], 99)
-    print("\n\nQuotaEngine round trips vs PING, same redis.asyncio client, uvloop (2-core machine)")
+    ratios: list[tuple[str, str, str]] = []
+    medians: list[float] = []
+    for mode, rounds in found["rounds"].items():
+        by_ratio = sorted(rounds, key=_p99_ratio)
+        shown = by_ratio[len(by_ratio) // 2]
+        rows += [(mode, name, percentile(ms, 50), percentile(ms, 99), len(ms)) for name, ms in shown.items()]
+        medians.append(_p99_ratio(shown))
+        ratios.append((f"admit p99 / PING p99, {mode} (median round)", f"{medians[-1]:.2f}",
+                       f"<= {MAX_ADMIT_OVER_PING_P99}: {verdict(medians[-1] <= MAX_ADMIT_OVER_PING_P99)}"))
+        ratios.append((f"  all rounds, {mode}", ", ".join(f"{_p99_ratio(r):.2f}" for r in rounds), ""))
+    rates = found["rates"]
+    ratios.append(("admits/s pipelined / one EVALSHA per call",
+                   f"{rates['admits/s, pipelined (ScriptBatcher)'] / rates['admits/s, one EVALSHA per call']:.2f}",
+                   "> 1: pipelining helps"))
+    print(f"\n\nQuotaEngine vs PING, same redis.asyncio client, uvloop; other jobs used "
+          f"{idle:.0f}% of a core just before, {100 * other / elapsed:.0f}% meanwhile")
     print(table(["mode", "operation", "p50 ms", "p99 ms", "samples"], rows))
     print()
-    pipelined = rates["admits/s, pipelined (ScriptBatcher)"]
-    unbatched = rates["admits/s, one EVALSHA per call"]
-    print(table(["throughput, 50 tasks", "per second"], [(k, v) for k, v in rates.items()]))
+    print(table(["throughput, 50 tasks", "per second"], list(rates.items())))
     print()
-    print(table(["ratio", "value", "target"], [
-        *((f"admit p99 / PING p99, {mode}", f"{r:.2f}",
-           f"<= {MAX_ADMIT_OVER_PING_P99}: {verdict(r <= MAX_ADMIT_OVER_PING_P99)}") for mode, r in p99_ratio.items()),
-        ("admits/s pipelined / unpipelined", f"{pipelined / unbatched:.2f}", "> 1 (pipelining helps)"),
-    ]))
+    print(table(["script", "Redis CPU us/call"], list(found["server"].items())))
+    print()
+    print(table(["ratio", "value", "target"], ratios))
     if STRICT:
-        assert all(r <= MAX_ADMIT_OVER_PING_P99 for r in p99_ratio.values())
+        assert all(r <= MAX_ADMIT_OVER_PING_P99 for r in medians)

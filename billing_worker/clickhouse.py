@@ -25,6 +25,7 @@ from billing_worker.errors import (
     ClickHouseQueryError,
     ClickHouseRejected,
     ClickHouseUnavailable,
+    ConfigError,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class ClickHouse:
     def __init__(self, url: str, *, connect_timeout_s: float = 5.0, send_receive_timeout_s: float = 300.0) -> None:
         parsed = urlparse(url)
         if parsed.scheme not in ("chdb", "http", "https"):
-            raise ClickHouseQueryError(f"unsupported ClickHouse URL scheme {parsed.scheme!r} in {url!r}")
+            raise ConfigError(f"CLICKHOUSE_URL: unsupported scheme {parsed.scheme!r} (chdb, http or https)")
         self.url = url
         self.embedded = parsed.scheme == "chdb"
         self._connect_timeout_s = connect_timeout_s
@@ -105,7 +106,8 @@ class ClickHouse:
                     dsn=self.url, connect_timeout=self._connect_timeout_s,
                     send_receive_timeout=self._send_receive_timeout_s, query_retries=0)
         except Exception as exc:  # any failure to open is "unavailable": nothing was written
-            raise ClickHouseUnavailable(f"cannot open ClickHouse at {self!r}: {exc}",
+            hint = " (chDB: one process per data directory; is another one running?)" if self.embedded else ""
+            raise ClickHouseUnavailable(f"cannot open ClickHouse at {self!r}{hint}: {exc}",
                                         code=getattr(exc, "code", None)) from None
         return self._client
 

@@ -46,3 +46,7 @@ class InvalidUsageEntry(BillingWorkerError):
 
 class StreamError(BillingWorkerError):
     """Redis failed while reading, acknowledging or trimming the usage streams."""
+
+
+class InvalidArgument(BillingWorkerError, ValueError):
+    """A caller passed a malformed period, account or option (reported to the user as is)."""

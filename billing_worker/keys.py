@@ -1,42 +1,31 @@
-"""Redis key names the billing worker reads, exactly as docs/redis-keys.md defines them.
+"""Redis key names the billing worker uses, taken from `gateway.keys` (the one module that spells them).
 
-The contract says `gateway.keys` is the one module that builds key names; until it lands, these
-helpers mirror it (same crc32 sharding) and should be replaced by imports from `gateway.keys`.
+The only name added here is the worker's own dead-letter stream; it belongs in `gateway.keys` and
+docs/redis-keys.md too (the billing worker does not edit the gateway package).
 """
 
 from __future__ import annotations
 
-import zlib
+from gateway.keys import AccountKeys, shard_of, shard_tag, usage_stream
 
-USAGE_GROUP_DEFAULT = "drain"
-
-
-def shard_of(acct: str, shards: int) -> int:
-    """Shard number of an account: crc32 of its UTF-8 id modulo the shard count."""
-    return zlib.crc32(acct.encode()) % shards
-
-
-def shard_tag(shard: int) -> str:
-    return f"{{s:{shard:02d}}}"
-
-
-def usage_stream(shard: int) -> str:
-    return f"{shard_tag(shard)}:usage"
-
-
-def dead_letter_stream(shard: int) -> str:
-    """Entries the drain could not load, with the original fields plus `reason` (same slot as the source)."""
-    return f"{shard_tag(shard)}:usage:dead"
+__all__ = ["dead_letter_for", "dead_letter_stream", "quota_hash", "shard_of", "shard_tag", "usage_stream",
+           "usage_streams"]
 
 
 def usage_streams(shards: int) -> list[str]:
+    """Every shard's usage stream, `{s:00}:usage` .. `{s:NN}:usage`."""
     return [usage_stream(n) for n in range(shards)]
 
 
 def dead_letter_for(stream: str) -> str:
+    """`{s:NN}:usage:dead`: entries the drain could not load, original fields plus `reason` (same slot)."""
     return f"{stream}:dead"
+
+
+def dead_letter_stream(shard: int) -> str:
+    return dead_letter_for(usage_stream(shard))
 
 
 def quota_hash(acct: str, period: str, shards: int) -> str:
     """Monthly counters of an account: `used`, `reserved`, tokens and `m:<model>:*` fields."""
-    return f"{shard_tag(shard_of(acct, shards))}:a:{acct}:q:{period}"
+    return AccountKeys(acct, shards).quota(period)

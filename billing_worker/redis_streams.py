@@ -18,6 +18,8 @@ from billing_worker.errors import StreamError
 
 # One stream's share of a read: (stream key, [[entry id, flat fields or None], ...]) as Redis sent it.
 Chunk = tuple[str, list[list[Any]]]
+# An entry to dead-letter: (entry id, its flat fields, reason).
+DeadLetter = tuple[bytes, Sequence[bytes] | None, str]
 
 
 def call(client: redis.Redis, *args: str | bytes | int) -> Any:
@@ -112,7 +114,7 @@ def claim_stale(client: redis.Redis, stream: str, group: str, consumer: str, min
 
 
 def settle(client: redis.Redis, stream: str, dead_stream: str, group: str, ids: Sequence[bytes],
-           dead: Iterable[tuple[bytes, Sequence[bytes] | None, str]]) -> None:
+           dead: Iterable[DeadLetter]) -> None:
     """Dead-letter the given entries and acknowledge `ids`, atomically (MULTI/EXEC, one hash slot)."""
     now_ms = str(int(time.time() * 1000)).encode()
     try:

@@ -61,13 +61,15 @@ def _layout(names: tuple[bytes, ...]) -> _Getter | None:
 def to_row(stream_id: bytes, flat: Sequence[bytes]) -> bytes:
     """The TabSeparated row (without newline) for one entry, or `InvalidUsageEntry` with the reason."""
     global _last
-    names = flat[0::2]
-    if names == _last[0]:
-        getter: _Getter | None = _last[1]
-    else:
-        getter = _layout(tuple(names)) if len(flat) % 2 == 0 else None
-        if getter is not None:
-            _last = (list(names), getter)
+    getter: _Getter | None = None
+    if not len(flat) & 1:
+        names = flat[0::2]
+        if names == _last[0]:
+            getter = _last[1]
+        else:
+            getter = _layout(tuple(names))
+            if getter is not None:
+                _last = (list(names), getter)
     if getter is not None:
         line = b"\t".join(getter(flat)) + b"\t" + stream_id
         if _fast_match(line) is not None:

@@ -39,3 +39,15 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+def dead_letters(client: redis.Redis, shards: int = 16) -> list[dict[str, str]]:
+    """Every entry of every `{s:NN}:usage:dead` stream, decoded."""
+    from billing_worker.keys import dead_letter_stream
+
+    out: list[dict[str, str]] = []
+    for n in range(shards):
+        for _, fields in client.xrange(dead_letter_stream(n)):
+            out.append({(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                        for k, v in fields.items()})
+    return out

@@ -1,0 +1,3 @@
+from billing_worker.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Dramatiq actors, kept thin: the logic lives in plain modules that tests call directly.
+
+Run with `dramatiq billing_worker.actors --processes 1` when CLICKHOUSE_URL is embedded chDB (one process
+owns the data directory); with a ClickHouse server any number of processes may run. Settings are read
+once, at import; the Redis client and the ClickHouse connection are opened on first use and shared by
+the worker threads of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from billing_worker.clickhouse import ClickHouse
+from billing_worker.drain import drain_once
+from billing_worker.errors import ClickHouseUnavailable, StreamError
+from billing_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUE = "billing"
+MAX_RETRIES = 20
+
+settings = Settings.from_env()
+broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
+dramatiq.set_broker(broker)
+
+_lock = threading.Lock()
+_drain_lock = threading.Lock()
+_redis: redis.Redis | None = None
+_clickhouse: ClickHouse | None = None
+
+
+def resources() -> tuple[redis.Redis, ClickHouse]:
+    global _redis, _clickhouse
+    with _lock:
+        if _redis is None:
+            _redis = redis.Redis.from_url(settings.redis_url)
+        if _clickhouse is None:
+            _clickhouse = ClickHouse(settings.clickhouse_url)
+        return _redis, _clickhouse
+
+
+def close_resources() -> None:
+    global _redis, _clickhouse
+    with _lock:
+        if _redis is not None:
+            _redis.close()
+        if _clickhouse is not None:
+            _clickhouse.close()
+        _redis, _clickhouse = None, None
+
+
+def _retry_when(retries: int, exc: BaseException) -> bool:
+    """Retry (with Dramatiq's exponential backoff) only what waiting can fix; the rows stay pending."""
+    return isinstance(exc, ClickHouseUnavailable | StreamError) and retries < MAX_RETRIES
+
+
+@dramatiq.actor(queue_name=QUEUE, retry_when=_retry_when, min_backoff=1_000, max_backoff=300_000,
+                time_limit=3_600_000)
+def drain_usage() -> dict[str, Any]:
+    """Drain the usage streams once; a drain already running in this process makes this a no-op."""
+    if not _drain_lock.acquire(blocking=False):
+        log.info("a drain is already running in this process")
+        return {"skipped": True}
+    try:
+        client, ch = resources()
+        stats = drain_once(client, ch, settings)
+        log.info("drained %s", stats.as_dict())
+        return stats.as_dict()
+    finally:
+        _drain_lock.release()
