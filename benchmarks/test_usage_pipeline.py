@@ -19,10 +19,10 @@ import redis
 
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.drain import drain_once
-from billing_worker.keys import shard_of, usage_streams
 from billing_worker.migrate import migrate
 from billing_worker.settings import REPO_ROOT, Settings
 from billing_worker.usage_queries import account_totals, cost_by_model, top_models, usage_lines
+from gateway.keys import shard_of, usage_streams
 from gateway.redis_server import RedisServer
 
 DRAIN_ROWS = int(os.environ.get("BENCH_DRAIN_ROWS", "1000000"))

@@ -21,13 +21,13 @@ from billing_worker.anomalies import usage_anomalies
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.errors import BillingWorkerError, ClickHouseUnavailable, ConfigError, InvalidArgument
 from billing_worker.export import line_record
-from billing_worker.keys import usage_streams
 from billing_worker.money import format_money
 from billing_worker.periods import check_period, current_period
 from billing_worker.progress import ProgressBar
 from billing_worker.quota_counters import current_usage
 from billing_worker.settings import Settings
 from billing_worker.usage_queries import account_totals, cost_by_model, usage_by_day, usage_by_key
+from gateway.keys import usage_streams
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,9 +27,9 @@ from billing_worker import redis_streams as rs
 from billing_worker.backoff import backoff_delay
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.errors import ClickHouseError, ClickHouseRejected, ClickHouseUnavailable, InvalidUsageEntry
-from billing_worker.keys import dead_letter_for, usage_streams
 from billing_worker.settings import Settings
 from billing_worker.usage_entry import COLUMNS, to_row
+from gateway.keys import dead_letter_for, usage_streams
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from decimal import Decimal
 import redis
 
 from billing_worker.errors import StreamError
-from billing_worker.keys import quota_hash
 from billing_worker.money import nanos_to_decimal
 from billing_worker.periods import check_period
+from gateway.keys import AccountKeys
 
 TOTAL_FIELDS = ("used", "reserved", "overage", "pt", "ct", "cached", "reasoning", "cost_nanos")
 
@@ -58,7 +58,7 @@ def _int(value: bytes | str | None) -> int:
 def current_usage(client: redis.Redis, acct: str, period: str, shards: int) -> CurrentUsage:
     """Counters of one account and period; zeros when the account has no traffic in it yet."""
     try:
-        raw = client.hgetall(quota_hash(acct, check_period(period), shards))
+        raw = client.hgetall(AccountKeys(acct, shards).quota(check_period(period)))
     except redis.RedisError as exc:
         raise StreamError(f"Redis unavailable reading the counters of {acct}: {exc}") from None
     fields = {_text(k): v for k, v in dict(raw).items()}

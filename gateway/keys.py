@@ -26,6 +26,20 @@ def usage_stream(shard: int) -> str:
     return f"{shard_tag(shard)}:usage"
 
 
+def usage_streams(shards: int) -> list[str]:
+    """Every shard's usage stream, `{s:00}:usage` .. `{s:NN}:usage` (what the drain reads)."""
+    return [usage_stream(n) for n in range(shards)]
+
+
+def dead_letter_for(stream: str) -> str:
+    """`{s:NN}:usage:dead`: entries the drain could not load, original fields plus `reason` (same slot)."""
+    return f"{stream}:dead"
+
+
+def dead_letter_stream(shard: int) -> str:
+    return dead_letter_for(usage_stream(shard))
+
+
 def notify_stream(shard: int) -> str:
     return f"{shard_tag(shard)}:notify"
 

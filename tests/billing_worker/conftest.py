@@ -43,7 +43,7 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
 
 def dead_letters(client: redis.Redis, shards: int = 16) -> list[dict[str, str]]:
     """Every entry of every `{s:NN}:usage:dead` stream, decoded."""
-    from billing_worker.keys import dead_letter_stream
+    from gateway.keys import dead_letter_stream
 
     out: list[dict[str, str]] = []
     for n in range(shards):

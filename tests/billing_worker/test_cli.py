@@ -8,9 +8,9 @@ import pytest
 import redis
 
 from billing_worker.cli import main
-from billing_worker.keys import quota_hash
 from billing_worker.progress import ProgressBar
 from billing_worker.settings import Settings
+from gateway.keys import AccountKeys
 from tests.billing_worker.usage_factory import make_entry, write_entries
 
 
@@ -30,7 +30,7 @@ def test_migrate_drain_usage_export(env: Settings, r: redis.Redis, capsys: pytes
     assert "0 applied, 2 already applied" in capsys.readouterr().out
 
     write_entries(r, [make_entry(i, acct="acme") for i in range(250)])
-    r.hset(quota_hash("acme", "2026-11", 16), mapping={"used": 250, "m:gpt-4o:calls": 84})
+    r.hset(AccountKeys("acme", 16).quota("2026-11"), mapping={"used": 250, "m:gpt-4o:calls": 84})
     assert main(["drain"]) == 0
     captured = capsys.readouterr()
     assert orjson.loads(captured.out)["inserted"] == 250

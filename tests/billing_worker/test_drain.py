@@ -5,8 +5,8 @@ import redis
 
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.drain import drain_once
-from billing_worker.keys import usage_stream, usage_streams
 from billing_worker.settings import Settings
+from gateway.keys import usage_stream, usage_streams
 from tests.billing_worker.conftest import dead_letters
 from tests.billing_worker.usage_factory import make_entry, totals, write_entries
 
@@ -74,7 +74,7 @@ def test_max_batches_leaves_the_rest_for_later(r: redis.Redis, ch: ClickHouse, s
 
 
 def _shard(acct: str) -> int:
-    from billing_worker.keys import shard_of
+    from gateway.keys import shard_of
 
     return shard_of(acct, 16)
 

@@ -9,8 +9,8 @@ import redis
 from billing_worker import redis_streams as rs
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.drain import drain_once
-from billing_worker.keys import shard_of, usage_stream
 from billing_worker.settings import Settings
+from gateway.keys import shard_of, usage_stream
 from tests.billing_worker.test_drain import db_totals, pending
 from tests.billing_worker.usage_factory import make_entry, totals, write_entries
 

@@ -13,7 +13,6 @@ from billing_worker.clickhouse import ClickHouse
 from billing_worker.drain import drain_once
 from billing_worker.errors import InvalidArgument
 from billing_worker.export import export_usage
-from billing_worker.keys import quota_hash
 from billing_worker.money import format_money, nanos_to_decimal
 from billing_worker.quota_counters import ModelCounters, current_usage
 from billing_worker.rollup import refresh_daily_rollup
@@ -26,6 +25,7 @@ from billing_worker.usage_queries import (
     usage_by_key,
     usage_lines,
 )
+from gateway.keys import AccountKeys
 from tests.billing_worker.usage_factory import DAY_MS, NOV_1_2026_MS, make_entry, write_entries
 
 
@@ -116,7 +116,7 @@ def test_money_helpers() -> None:
 
 
 def test_current_period_from_redis_counters(r: redis.Redis) -> None:
-    key = quota_hash("acct7", "2026-11", 16)
+    key = AccountKeys("acct7", 16).quota("2026-11")
     assert key.startswith("{s:") and key.endswith(":a:acct7:q:2026-11")
     r.hset(key, mapping={"used": 12, "reserved": 2, "overage": 1, "pt": 900, "ct": 80, "cached": 5, "reasoning": 3,
                          "m:gpt-4o:calls": 10, "m:gpt-4o:pt": 800, "m:gpt-4o:ct": 70, "m:llama3:70b:calls": 2,

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from billing_worker.keys import shard_of, usage_stream
+from gateway.keys import shard_of, usage_stream
 
 NOV_1_2026_MS = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 DAY_MS = 86_400_000
