@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 import dramatiq
 import redis
@@ -63,15 +62,15 @@ def _retry_when(retries: int, exc: BaseException) -> bool:
 
 @dramatiq.actor(queue_name=QUEUE, retry_when=_retry_when, min_backoff=1_000, max_backoff=300_000,
                 time_limit=3_600_000)
-def drain_usage() -> dict[str, Any]:
+def drain_usage() -> None:
     """Drain the usage streams once; a drain already running in this process makes this a no-op."""
     if not _drain_lock.acquire(blocking=False):
         log.info("a drain is already running in this process")
-        return {"skipped": True}
+        return
     try:
         client, ch = resources()
         stats = drain_once(client, ch, settings)
-        log.info("drained %s", stats.as_dict())
-        return stats.as_dict()
+        if stats.read:
+            log.info("drained %s", stats.as_dict())
     finally:
         _drain_lock.release()

@@ -1,4 +1,4 @@
-"""`python -m billing_worker drain | migrate | usage | export | anomalies | rollup`.
+"""`python -m billing_worker worker | drain | migrate | usage | export | anomalies | rollup`.
 
 Settings are read once from the environment (billing_worker.settings); exit codes: 0 ok,
 1 failure, 2 bad configuration or arguments, 3 ClickHouse unavailable (rows stay pending).
@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--account", default=None)
     a.add_argument("--factor", type=float, default=None)
     a.add_argument("--window", type=int, default=None, help="trailing window in days")
+    sub.add_parser("worker", help="run the worker role: migrations, Dramatiq worker and drain scheduler")
     r = sub.add_parser("rollup", help="recompute the daily rollup table of a period")
     r.add_argument("--period", required=True)
     return p
@@ -191,7 +192,12 @@ def cmd_rollup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"drain": cmd_drain, "migrate": cmd_migrate, "usage": cmd_usage, "export": cmd_export,
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from billing_worker.embedded import run_worker
+    return run_worker()
+
+
+COMMANDS = {"worker": cmd_worker, "drain": cmd_drain, "migrate": cmd_migrate, "usage": cmd_usage, "export": cmd_export,
             "anomalies": cmd_anomalies, "rollup": cmd_rollup}
 
 

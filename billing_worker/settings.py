@@ -93,6 +93,7 @@ class Settings:
     drain_backoff_max_s: float = 30.0
     drain_trim: bool = True
     drain_fault: str = ""
+    drain_interval_s: float = 5.0
     anomaly_factor: float = 3.0
     anomaly_window_days: int = 7
     anomaly_min_calls: int = 10
@@ -125,6 +126,8 @@ class Settings:
                                       "seconds > 0"),
             drain_trim=_read(e, "AIHUB_DRAIN_TRIM", d.drain_trim, _bool, "true or false"),
             drain_fault=_read(e, "AIHUB_DRAIN_FAULT", "", _choice(FAULTS), f"one of {FAULTS[1:]} (tests only)"),
+            drain_interval_s=_read(e, "AIHUB_DRAIN_INTERVAL_S", d.drain_interval_s, _positive_float,
+                                   "seconds > 0"),
             anomaly_factor=_read(e, "AIHUB_ANOMALY_FACTOR", d.anomaly_factor, _positive_float, "a number > 0"),
             anomaly_window_days=_read(e, "AIHUB_ANOMALY_WINDOW_DAYS", d.anomaly_window_days, _int_in(1, 365),
                                       "days in 1..365"),

@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import redis
 
@@ -104,18 +103,6 @@ def run_stack() -> None:
         url = f"http://{settings.host}:{settings.port}"
         sys.stdout.write(banner(url, seeded, catalog) + "\n")
         sys.stdout.flush()
-        with _embedded_worker(settings):
-            serve(settings)
-
-
-@contextlib.contextmanager
-def _embedded_worker(settings: Settings) -> Iterator[None]:
-    """The billing worker (drain into chDB) in this process, when the package is present."""
-    try:
         from billing_worker.embedded import embedded_worker
-    except ImportError:
-        log.warning("billing worker not available; usage stays in the Redis stream")
-        yield
-        return
-    with embedded_worker(Path(ROOT)):
-        yield
+        with embedded_worker():      # owns the chDB directory: API and worker live in this process
+            serve(settings)
