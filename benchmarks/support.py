@@ -35,7 +35,7 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "py
     else sys.executable
 SECONDS = float(os.environ.get("AIHUB_BENCH_SECONDS", "10"))      # measured wrk run
 WARMUP_SECONDS = float(os.environ.get("AIHUB_BENCH_WARMUP_SECONDS", "2"))
-ROUNDS = int(os.environ.get("AIHUB_BENCH_ROUNDS", "2"))            # interleaved rounds, best one kept
+ROUNDS = int(os.environ.get("AIHUB_BENCH_ROUNDS", "3"))            # interleaved rounds
 STRICT = os.environ.get("AIHUB_BENCH_STRICT") == "1"               # fail the test when a target is missed
 UPSTREAM_KEY = "sk-upstream-bench"
 ACCOUNT = "benchent"

@@ -1,26 +1,39 @@
-"""Coalesces script calls made in the same event-loop tick into one pipeline round trip."""
+"""Coalesces script calls made in the same event-loop tick into one round trip.
+
+On a single Redis the batch is packed with hiredis and written on one pooled redis-py connection, then the
+replies are read in order: the same wire traffic as a redis-py pipeline at a fraction of its Python cost
+(the pipeline machinery was the gateway's largest quota cost). One `asyncio.timeout` bounds the batch.
+redis-py refuses EVALSHA in cluster pipelines, so on a cluster the calls go out concurrently instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from redis.exceptions import NoScriptError
+import hiredis
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 Call = tuple[Any, list[str], list[Any], "asyncio.Future[Any]"]
 
 
 class ScriptBatcher:
-    """`await batcher.call(script, keys, args)`; calls queued in one tick share one pipeline.
+    """`await batcher.call(script, keys, args)`; calls queued in one tick share one round trip.
 
-    Results that are errors are set as exceptions on their own futures only. A NOSCRIPT reply (a restarted
+    A reply that is an error is set as the exception of its own future only. A NOSCRIPT reply (a restarted
     or flushed server) loads the script and retries those calls once.
     """
 
-    def __init__(self, client: Any, max_batch: int = 256, pipelined: bool = True) -> None:
+    def __init__(self, client: Any, url: str = "", max_batch: int = 256, pipelined: bool = True,
+                 timeout_s: float = 1.0) -> None:
         self.client = client
-        self.pipelined = pipelined   # redis-py refuses EVALSHA in cluster pipelines: concurrent calls there
+        self.url = url
         self.max_batch = max_batch
+        self.pipelined = pipelined
+        self.timeout_s = timeout_s
+        self._pool: BlockingConnectionPool | None = None
         self._queue: list[Call] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -42,6 +55,15 @@ class ScriptBatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    @property
+    def pool(self) -> BlockingConnectionPool:
+        """A pool like the client's but without per-operation socket timeouts (the batch has one)."""
+        if self._pool is None:
+            self._pool = BlockingConnectionPool.from_url(self.url, max_connections=64, timeout=self.timeout_s,
+                                                         socket_timeout=None,
+                                                         socket_connect_timeout=self.timeout_s)
+        return self._pool
+
     async def _one(self, call: Call) -> Any:
         script, keys, args, _ = call
         try:
@@ -49,15 +71,34 @@ class ScriptBatcher:
         except NoScriptError as exc:
             return exc
 
+    async def _round_trip(self, batch: list[Call]) -> list[Any]:
+        packed = b"".join(hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+                          for script, keys, args, _ in batch)
+        connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await connection.send_packed_command(packed, check_health=False)
+                replies: list[Any] = []
+                for _ in batch:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+        except BaseException as exc:
+            await connection.disconnect(nowait=True)    # replies may still be in flight: never reuse it
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeout(f"no reply from Redis within {self.timeout_s}s") from None
+            raise
+        finally:
+            await self.pool.release(connection)
+        return replies
+
     async def _send(self, batch: list[Call]) -> list[Any]:
-        if len(batch) == 1:
-            return [await self._one(batch[0])]
         if not self.pipelined:
+            if len(batch) == 1:
+                return [await self._one(batch[0])]
             return list(await asyncio.gather(*(self._one(call) for call in batch), return_exceptions=True))
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        return await self._round_trip(batch)
 
     async def _run(self, batch: list[Call]) -> None:
         try:
@@ -87,3 +128,8 @@ class ScriptBatcher:
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._pool is not None:
+            await self._pool.disconnect()

@@ -39,7 +39,8 @@ class QuotaEngine:
         self.spool = spool
         self.clock = clock
         self.scripts = register_all(client)
-        self.batcher = ScriptBatcher(client, pipelined=not settings.redis_cluster)
+        self.batcher = ScriptBatcher(client, settings.redis_url, pipelined=not settings.redis_cluster,
+                                     timeout_s=settings.redis_timeout_s)
         self.periods = PeriodCache()
         self.plans_json = catalog.plans_json()
         self.grace_s = settings.period_grace_days * DAY_S
@@ -179,4 +180,4 @@ class QuotaEngine:
     async def close(self) -> None:
         while self._settling:
             await asyncio.gather(*list(self._settling), return_exceptions=True)
-        await self.batcher.drain()
+        await self.batcher.close()
