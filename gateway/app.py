@@ -55,6 +55,15 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
     engine = QuotaEngine(settings, catalog, client, Spool(settings.spool_dir), clock)
     proxy = Proxy(settings, catalog, engine, upstreams, AuthCache(client, settings.shards))
 
+    children: dict[tuple[str, str, str], Any] = {}
+
+    def count(route: str, status: int, model: str) -> None:
+        labels = (route, str(status), model)
+        child = children.get(labels)
+        if child is None:
+            child = children[labels] = REQUESTS.labels(*labels)
+        child.inc()
+
     def counted(handler: Any, route: str) -> Any:
         async def endpoint(request: Request) -> Response:
             status = 500
@@ -66,7 +75,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
                 status = exc.status
                 return error_response(exc)
             finally:
-                REQUESTS.labels(route, str(status), getattr(request.state, "model", "")).inc()
+                count(route, status, getattr(request.state, "model", ""))
         return endpoint
 
     async def healthz(request: Request) -> Response:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from gateway.errors import ConfigError
 
+NAME_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 OVERAGE_POLICIES = ("hard", "payg_optional", "unlimited")
 NANOS_PER_UNIT = 10**9
 MINOR_PER_UNIT = 100
@@ -42,11 +42,10 @@ class Plan:
     custom_quota: bool
     support: str
 
-    def lua_fields(self) -> dict[str, Any]:
-        """The fields admit.lua needs, in a compact form."""
-        return {"inc": self.included_calls, "unl": int(self.unlimited_calls), "rpm": self.rate_per_minute,
-                "burst": self.burst, "tiers": {t: 1 for t in self.model_tiers}, "ovg": self.overage,
-                "custom": int(self.custom_quota)}
+    def lua_spec(self) -> str:
+        """What admit.lua needs: `included,unlimited,rpm,burst,overage,custom,tier tier ...`."""
+        return (f"{self.included_calls},{int(self.unlimited_calls)},{self.rate_per_minute},{self.burst},"
+                f"{self.overage},{int(self.custom_quota)},{' '.join(self.model_tiers)}")
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,17 @@ class Catalog:
     models: dict[str, Model]
     upstreams: tuple[str, ...]
 
-    def plans_json(self) -> bytes:
-        """All plans encoded once for admit.lua's ARGV (the catalog is constant for a process)."""
-        return orjson.dumps({name: plan.lua_fields() for name, plan in self.plans.items()})
+    def plans_arg(self) -> str:
+        """All plans encoded once for admit.lua's ARGV: `|name=spec|name=spec|` (constant for a process).
+
+        admit.lua picks the account's plan with one string.match: cheaper than decoding JSON per call."""
+        return "|" + "|".join(f"{name}={plan.lua_spec()}" for name, plan in self.plans.items()) + "|"
 
 
 def _plan(name: str, raw: dict[str, Any]) -> Plan:
     where = f"plans.{name}"
+    if not NAME_RE.match(name):
+        raise ConfigError(f"catalog {where}: plan names are lowercase letters, digits and '_'")
     overage = raw.get("overage", "hard")
     if overage not in OVERAGE_POLICIES:
         raise ConfigError(f"catalog {where}.overage={overage!r} must be one of {OVERAGE_POLICIES}")
@@ -86,8 +89,8 @@ def _plan(name: str, raw: dict[str, Any]) -> Plan:
         if not isinstance(raw.get(needed), int) or raw[needed] <= 0:
             raise ConfigError(f"catalog {where}.{needed} must be a positive integer")
     tiers = raw.get("model_tiers")
-    if not isinstance(tiers, list) or not tiers:
-        raise ConfigError(f"catalog {where}.model_tiers must be a non-empty list")
+    if not isinstance(tiers, list) or not tiers or not all(isinstance(t, str) and NAME_RE.match(t) for t in tiers):
+        raise ConfigError(f"catalog {where}.model_tiers must be a non-empty list of lowercase names")
     return Plan(
         name=name, display_name=str(raw.get("display_name", name)),
         price_minor=int(_decimal(f"{where}.price", raw.get("price", "0")) * MINOR_PER_UNIT),

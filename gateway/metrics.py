@@ -16,6 +16,8 @@ ADMIT_LATENCY = Histogram("aihub_admit_latency_seconds", "Latency of the admit s
                           registry=REGISTRY,
                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1))
 REDIS_ERRORS = Counter("aihub_redis_errors_total", "Redis errors by kind", ["kind"], registry=REGISTRY)
+SETTLE_ERRORS = Counter("aihub_settle_rejected_total", "Settles the script refused (kept in the spool's rejects)",
+                        registry=REGISTRY)
 USAGE_INVALID = Counter("aihub_usage_invalid_total", "Upstream usage objects rejected as malformed",
                         registry=REGISTRY)
 

@@ -9,7 +9,8 @@
 -- KEYS[7] {s:NN}:a:<acct>:resd          hash request id -> "<plan>|<limit>|<key>|<model>|<upstream>|<period>|<ts_start_ms>"
 -- ARGV[1] sha256 of the presented API key     ARGV[2] key id
 -- ARGV[3] model tier ("" = no model check)    ARGV[4] request id
--- ARGV[5] now, ms since epoch                  ARGV[6] plans JSON (Plan.lua_fields by name)
+-- ARGV[5] now, ms since epoch
+-- ARGV[6] plans "|<name>=<included>,<unlimited 0/1>,<rpm>,<burst>,<overage>,<custom 0/1>,<tier> <tier>|..."
 -- ARGV[7] reservation expiry, ms               ARGV[8] quota hash EXPIREAT, s
 -- ARGV[9] "1" = reserve quota (billable call), "0" = authenticate only
 -- ARGV[10] reservation details "<key id>|<model>|<upstream>|<period>|<ts_start_ms>"
@@ -32,17 +33,22 @@ end
 if acct[2] ~= 'active' then
   return {2, acct[2] or 'unknown'}
 end
-local plan = cjson.decode(ARGV[6])[acct[1]]
-if plan == nil then
+if string.find(acct[1], '[^%w_]') then      -- not a catalog name; also keeps the pattern below literal
   return {7, acct[1]}
 end
-if ARGV[3] ~= '' and plan['tiers'][ARGV[3]] == nil then
+local spec = string.match(ARGV[6], '|' .. acct[1] .. '=([^|]*)|')
+if spec == nil then
+  return {7, acct[1]}
+end
+local included, unlimited, rpm, burst, overage, custom, tiers =
+  string.match(spec, '^(%d+),(%d),(%d+),(%d+),([%w_]+),(%d),(.*)$')
+if ARGV[3] ~= '' and not string.find(' ' .. tiers .. ' ', ' ' .. ARGV[3] .. ' ', 1, true) then
   return {3, acct[1]}
 end
 
 local now = tonumber(ARGV[5])
-local rpm = plan['rpm']
-local burst = plan['burst']
+rpm = tonumber(rpm)
+burst = tonumber(burst)
 local per_ms = rpm / 60000.0
 local kid = ARGV[2]
 
@@ -65,9 +71,9 @@ end
 local billable = ARGV[9] == '1'
 local limit = -1
 local used = 0
-if billable and plan['unl'] ~= 1 then
-  limit = plan['inc']
-  if plan['custom'] == 1 and acct[3] and acct[3] ~= '' then
+if billable and unlimited ~= '1' then
+  limit = tonumber(included)
+  if custom == '1' and acct[3] and acct[3] ~= '' then
     limit = tonumber(acct[3])
   end
   local boosts = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. now, '+inf')
@@ -76,7 +82,7 @@ if billable and plan['unl'] ~= 1 then
   end
   local q = redis.call('HMGET', KEYS[3], 'used', 'reserved')
   used = (tonumber(q[1]) or 0) + (tonumber(q[2]) or 0)
-  local payg = plan['ovg'] == 'payg_optional' and acct[4] == '1'
+  local payg = overage == 'payg_optional' and acct[4] == '1'
   if used >= limit and not payg then
     return {5, acct[1], limit, used}
   end

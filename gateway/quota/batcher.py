@@ -126,8 +126,12 @@ class ScriptBatcher:
                 future.set_result(result)
 
     async def drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Waits until every queued call has its reply."""
+        while self._tasks or self._queue:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)   # the flush is scheduled for the next tick
 
     async def close(self) -> None:
         await self.drain()

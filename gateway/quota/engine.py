@@ -9,12 +9,12 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway import errors
 from gateway.catalog import Catalog, Model
 from gateway.keys import AccountKeys, ParsedKey
-from gateway.metrics import ADMIT_LATENCY, DECISIONS, REDIS_ERRORS
+from gateway.metrics import ADMIT_LATENCY, DECISIONS, REDIS_ERRORS, SETTLE_ERRORS
 from gateway.quota.admission import Admission, Usage
 from gateway.quota.batcher import ScriptBatcher
 from gateway.quota.periods import DAY_S, Clock, Period, PeriodCache, system_clock
@@ -24,6 +24,8 @@ from gateway.settings import Settings
 
 log = logging.getLogger("aihub.quota")
 DONE_TTL_S = 7 * DAY_S
+OUTCOMES = ("admitted", "bad_key", "account_inactive", "model_refused", "rate_limited", "quota_exhausted",
+            "duplicate", "unknown_plan")   # by admit.lua's reply code
 
 
 def _text(value: Any) -> str:
@@ -42,13 +44,20 @@ class QuotaEngine:
         self.batcher = ScriptBatcher(client, settings.redis_url, pipelined=not settings.redis_cluster,
                                      timeout_s=settings.redis_timeout_s)
         self.periods = PeriodCache()
-        self.plans_json = catalog.plans_json()
+        self.plans_arg = catalog.plans_arg()
         self.grace_s = settings.period_grace_days * DAY_S
         self._verified: OrderedDict[str, float] = OrderedDict()   # sha256 -> last verified (fail-open)
-        self._settling: set[asyncio.Task[None]] = set()
+        self._account_keys: dict[str, AccountKeys] = {}
+        self._decisions = {name: DECISIONS.labels(name) for name in (*OUTCOMES, "admitted_degraded",
+                                                                      "backend_unavailable")}
 
     def account_keys(self, account_id: str) -> AccountKeys:
-        return AccountKeys(account_id, self.settings.shards)
+        keys = self._account_keys.get(account_id)
+        if keys is None:
+            if len(self._account_keys) > 100_000:
+                self._account_keys.clear()
+            keys = self._account_keys[account_id] = AccountKeys(account_id, self.settings.shards)
+        return keys
 
     # -- admit ---------------------------------------------------------------------------------------
     async def admit(self, key: ParsedKey, model: Model | None, rid: str, billable: bool) -> Admission:
@@ -66,7 +75,7 @@ class QuotaEngine:
                 self.scripts["admit"],
                 [keys.account, keys.api_key(key.key_id), keys.quota(period.name), keys.buckets,
                  keys.boosts, keys.reservations, keys.reservation_data],
-                [key.sha256, key.key_id, model.tier if model else "", rid, now_ms, self.plans_json,
+                [key.sha256, key.key_id, model.tier if model else "", rid, now_ms, self.plans_arg,
                  now_ms + self.settings.reservation_ttl_s * 1000, period.end_s + self.grace_s,
                  "1" if billable else "0", details])
         except (RedisError, OSError) as exc:
@@ -77,9 +86,7 @@ class QuotaEngine:
 
     def _decide(self, admission: Admission, reply: list[Any], period: Period, now: float) -> Admission:
         code = int(reply[0])
-        outcome = ("admitted", "bad_key", "account_inactive", "model_refused", "rate_limited",
-                   "quota_exhausted", "duplicate", "unknown_plan")[code]
-        DECISIONS.labels(outcome).inc()
+        self._decisions[OUTCOMES[code]].inc()
         if code == 0:
             admission.plan = _text(reply[1])
             admission.limit, admission.remaining = int(reply[2]), int(reply[3])
@@ -122,11 +129,11 @@ class QuotaEngine:
         verified_at = self._verified.get(admission.key.sha256)
         fresh = verified_at is not None and self.clock() - verified_at < 3600
         if self.settings.redis_failure_policy == "open" and fresh:
-            DECISIONS.labels("admitted_degraded").inc()
+            self._decisions["admitted_degraded"].inc()
             admission.degraded = True
             admission.plan = "unknown"
             return admission
-        DECISIONS.labels("backend_unavailable").inc()
+        self._decisions["backend_unavailable"].inc()
         log.warning("quota backend unavailable: %s", exc)
         raise errors.ServiceUnavailable(
             "The quota service is temporarily unavailable; the request was not sent. Retry shortly.",
@@ -153,23 +160,34 @@ class QuotaEngine:
              admission.period.name, admission.ts_start_ms, admission.limit,
              admission.period.end_s + self.grace_s])
 
-    async def settle(self, admission: Admission, usage: Usage) -> None:
-        """Settle now; if Redis cannot take it, the settle goes to the spool and is replayed later."""
+    def settle_soon(self, admission: Admission, usage: Usage) -> asyncio.Future[Any] | None:
+        """Queues the settle for the next round trip, off the response's critical path. If Redis cannot
+        take it, the settle goes to the spool and is replayed later; the returned future never fails."""
         if admission.settled:
-            return
+            return None
         admission.settled = True
         keys, args = self.settle_args(admission, usage, int(self.clock() * 1000))
-        try:
-            await self.batcher.call(self.scripts["settle"], keys, args)
-        except (RedisError, OSError) as exc:
-            REDIS_ERRORS.labels(type(exc).__name__).inc()
-            self.spool.append(keys, args)
+        future = self.batcher.call(self.scripts["settle"], keys, args)
+        future.add_done_callback(lambda done: self._settled(done, keys, args))
+        return future
 
-    def settle_soon(self, admission: Admission, usage: Usage) -> None:
-        """Settle off the response's critical path."""
-        task = asyncio.get_running_loop().create_task(self.settle(admission, usage))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+    def _settled(self, future: asyncio.Future[Any], keys: list[str], args: list[Any]) -> None:
+        exc: BaseException | None = ConnectionError("settle cancelled") if future.cancelled() else future.exception()
+        if exc is None:
+            return
+        if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
+            SETTLE_ERRORS.inc()             # the script refused these arguments: keep them for a person
+            log.error("settle refused by Redis (%s): %s", exc, args)
+            self.spool.append_rejected(keys, args, str(exc))
+            return
+        REDIS_ERRORS.labels(type(exc).__name__).inc()
+        self.spool.append(keys, args)
+
+    async def settle(self, admission: Admission, usage: Usage) -> None:
+        """Settles now and waits for the outcome (the reaper and tests); failures are spooled likewise."""
+        future = self.settle_soon(admission, usage)
+        if future is not None:
+            await asyncio.wait([future])
 
     async def replay_spool(self) -> int:
         """Replays spooled settles once Redis answers; exactly once thanks to settle's done marker."""
@@ -178,6 +196,4 @@ class QuotaEngine:
         return await self.spool.replay(send)
 
     async def close(self) -> None:
-        while self._settling:
-            await asyncio.gather(*list(self._settling), return_exceptions=True)
         await self.batcher.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+from redis.exceptions import NoScriptError, ResponseError
 
 log = logging.getLogger("aihub.spool")
 Sender = Callable[[list[str], list[Any]], Awaitable[None]]
@@ -47,6 +48,15 @@ class Spool:
             handle.flush()
             os.fsync(handle.fileno())
             self.pending += 1
+
+    def append_rejected(self, keys: list[str], args: list[Any], reason: str) -> None:
+        """A settle Redis refused as malformed: kept for a person, never replayed automatically."""
+        line = orjson.dumps({"keys": keys, "args": [str(a) for a in args], "reason": reason}) + b"\n"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.directory / "rejected.jsonl", "ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def _rotate(self) -> None:
         with self._lock:
@@ -81,7 +91,12 @@ class Spool:
                     except orjson.JSONDecodeError:
                         log.error("skipping a torn spool line in %s", path)  # a crash mid-write
                         continue
-                    await send(entry["keys"], entry["args"])
+                    try:
+                        await send(entry["keys"], entry["args"])
+                    except ResponseError as exc:
+                        if isinstance(exc, NoScriptError):
+                            raise
+                        self.append_rejected(entry["keys"], entry["args"], str(exc))
                     sent += 1
                 path.unlink()
         self.pending = 0
