@@ -7,6 +7,7 @@ import re
 import secrets
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 
 API_KEY_RE = re.compile(r"^sk-ah_([a-z0-9]{4,32})_([a-z0-9]{4,32})_([A-Za-z0-9]{24,64})$")
 ID_RE = re.compile(r"^[a-z0-9]{4,32}$")
@@ -46,58 +47,58 @@ def notify_stream(shard: int) -> str:
 
 @dataclass(frozen=True)
 class AccountKeys:
-    """Key names of one account; all share the account's shard hash tag."""
+    """Key names of one account; all share the account's shard hash tag (computed once per instance)."""
 
     account_id: str
     shards: int
 
-    @property
+    @cached_property
     def shard(self) -> int:
         return shard_of(self.account_id, self.shards)
 
-    @property
+    @cached_property
     def prefix(self) -> str:
         return f"{shard_tag(self.shard)}:a:{self.account_id}"
 
-    @property
+    @cached_property
     def account(self) -> str:
         return f"{self.prefix}:acct"
 
     def api_key(self, key_id: str) -> str:
         return f"{self.prefix}:key:{key_id}"
 
-    @property
+    @cached_property
     def key_ids(self) -> str:
         return f"{self.prefix}:keys"
 
-    @property
+    @cached_property
     def boosts(self) -> str:
         return f"{self.prefix}:boosts"
 
     def quota(self, period: str) -> str:
         return f"{self.prefix}:q:{period}"
 
-    @property
+    @cached_property
     def buckets(self) -> str:
         return f"{self.prefix}:tb"
 
-    @property
+    @cached_property
     def reservations(self) -> str:
         return f"{self.prefix}:res"
 
-    @property
+    @cached_property
     def reservation_data(self) -> str:
         return f"{self.prefix}:resd"
 
-    @property
+    @cached_property
     def done_prefix(self) -> str:
         return f"{self.prefix}:done:"
 
-    @property
+    @cached_property
     def usage(self) -> str:
         return usage_stream(self.shard)
 
-    @property
+    @cached_property
     def notify(self) -> str:
         return notify_stream(self.shard)
 

@@ -13,7 +13,8 @@ from gateway.settings import Settings
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                          lifespan="on", access_log=False, log_level="warning", backlog=4096)
+                          lifespan="on", access_log=False, log_level="warning", backlog=4096,
+                          proxy_headers=False, server_header=False)
 
 
 def serve(settings: Settings | None = None) -> None:
