@@ -144,11 +144,11 @@ async def _run(url: str, catalog_path: Path, spool_dir: Path, api_key: str) -> d
                   "settle.lua": await _server_us(client, settle_kept, 1000)}
         rates = {"admits/s, pipelined (ScriptBatcher)": await _rate(TASKS, THROUGHPUT_SECONDS, admit)}
         batcher = engine.batcher
-        engine.batcher = ScriptBatcher(client, max_batch=1)   # one EVALSHA per call, no pipelining
+        engine.batcher = ScriptBatcher(client, url, max_batch=1)   # one EVALSHA per round trip
         try:
             rates["admits/s, one EVALSHA per call"] = await _rate(TASKS, THROUGHPUT_SECONDS, admit)
         finally:
-            await engine.batcher.drain()
+            await engine.batcher.close()
             engine.batcher = batcher
         rates["PINGs/s"] = await _rate(TASKS, THROUGHPUT_SECONDS, ping)
         return {"rounds": rounds, "server": server, "rates": rates}

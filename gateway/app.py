@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
                 status = exc.status
                 return error_response(exc)
             finally:
-                count(route, status, getattr(request.state, "model", ""))
+                count(route, status, request.scope.get("aihub.model", ""))
         return endpoint
 
     async def healthz(request: Request) -> Response:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from typing import Any
 
 import aiohttp
@@ -40,7 +40,7 @@ class Proxy:
 
     # -- admission ----------------------------------------------------------------------------------
     async def admit(self, key: ParsedKey, model: Model | None, billable: bool) -> Admission:
-        rid = "req_" + uuid.uuid4().hex
+        rid = "req_" + os.urandom(16).hex()
         if self.settings.quota_checks:
             return await self.engine.admit(key, model, rid, billable)
         plan = await self.auth_cache.plan_of(key)
@@ -82,7 +82,7 @@ class Proxy:
                 body = orjson.dumps(payload)
                 strip_usage = True
         admission = await self.admit(key, model, billable=True)
-        request.state.model = name
+        request.scope["aihub.model"] = name   # for the requests metric
         return await self.forward(request, admission, model.upstream, body, streaming, strip_usage, model)
 
     async def passthrough(self, request: Request) -> Response:
