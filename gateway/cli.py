@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except redis.RedisError as exc:
         sys.stderr.write(f"aihub: Redis is not reachable ({exc}); is REDIS_URL right?\n")
         return 2
+    except KeyboardInterrupt:      # Ctrl-C: everything started has been stopped on the way out
+        return 0
     return 0
 
 

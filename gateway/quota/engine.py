@@ -44,7 +44,7 @@ class QuotaEngine:
         self.batcher = ScriptBatcher(client, settings.redis_url, pipelined=not settings.redis_cluster,
                                      timeout_s=settings.redis_timeout_s)
         self.periods = PeriodCache()
-        self.plans_arg = catalog.plans_arg()
+        self.plans_arg = catalog.plans_arg().encode()   # bytes: packed as is on every admit
         self.grace_s = settings.period_grace_days * DAY_S
         self._verified: OrderedDict[str, float] = OrderedDict()   # sha256 -> last verified (fail-open)
         self._account_keys: dict[str, AccountKeys] = {}
