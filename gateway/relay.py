@@ -12,6 +12,10 @@ import orjson
 from gateway.sse import SSESplitter, event_json
 from gateway.usage import TokenCounts, parse_usage
 
+BROKEN_STREAM = b'data: {"error": {"message": "The upstream broke off the stream; the answer is incomplete.", ' \
+                b'"type": "api_error", "param": null, "code": "upstream_error"}}\n\n'
+BROKEN_STREAM = (b'event: error\ndata: {"error": {"message": "The upstream broke off the stream; the answer is '
+                 b'incomplete.", "type": "api_error", "param": null, "code": "upstream_error"}}\n\n')
 Finish = Callable[[str, TokenCounts | None], None]   # (outcome, tokens) -> settle
 
 
@@ -59,14 +63,12 @@ async def relay_sse(response: aiohttp.ClientResponse, strip_usage_chunk: bool,
     finally:
         response.close()   # aborts the upstream request when the client went away
         finish(outcome, tokens)
+    if outcome == "upstream_error":
+        yield BROKEN_STREAM   # tell the client the answer is incomplete (the openai SDK raises APIError)
 
 
 def elapsed_ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
-
-
-def response_pairs(response: aiohttp.ClientResponse) -> list[tuple[str, str]]:
-    return list(response.headers.items())
 
 
 def json_error_message(body: bytes) -> Any:

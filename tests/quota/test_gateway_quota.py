@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import http.client
 import json
 import threading
 import time
@@ -32,7 +33,6 @@ HUGE_RATE = {"rate_per_minute": 10**7, "burst": 10**6}
 
 
 def post_chat(url: str, key: str, headers: dict[str, str] | None = None) -> int:
-    import http.client
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
@@ -191,3 +191,35 @@ def reap_at(settings: Settings, catalog: Catalog, when: float) -> int:
 def _swallow(fn: Any, *args: Any) -> None:
     with contextlib.suppress(OSError):   # the killed gateway resets the connection
         fn(*args)
+
+
+def usage_rows(client: redis.Redis, account_id: str) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in client.xrange(AccountKeys(account_id, 16).usage)]
+
+
+def test_billing_policy_for_failures(gateway: GatewayThread, store: AccountStore, upstream: Any) -> None:
+    """Billed: upstream 2xx that began serving (even if the client left or the stream broke off).
+    Not billed: upstream errors. Every request leaves one usage row either way."""
+    account_id = store.create_account("Policy", "pro")
+    key = store.issue_key(account_id).api_key
+    assert post_chat(gateway.url, key, {"X-Fake-Status": "500"}) == 502
+    assert post_chat(gateway.url, key, {"X-Fake-Status": "400"}) == 400
+    with pytest.raises(openai.APIError, match="broke off the stream"):
+        list(sdk(gateway, key, default_headers={"X-Fake-Drop": "mid-stream", "X-Fake-Chunks": "6"})
+             .chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.settings.port, timeout=10)
+    conn.request("POST", "/v1/chat/completions",
+                 body=json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}).encode(),
+                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                          "X-Fake-Chunk-Delay-Ms": "100", "X-Fake-Chunks": "40"})
+    response = conn.getresponse()
+    response.readline()
+    response.close()
+    conn.close()
+    wait_for(lambda: len(usage_rows(store.client, account_id)) == 4)
+    rows = {(r[b"outcome"].decode(), r[b"status"].decode()): r[b"calls"].decode()
+            for r in usage_rows(store.client, account_id)}
+    assert rows == {("upstream_error", "500"): "0", ("upstream_error", "400"): "0",
+                    ("upstream_error", "200"): "1", ("client_cancel", "200"): "1"}
+    counters = quota_of(store.client, account_id)
+    assert counters["used"] == 2 and counters["reserved"] == 0
