@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ def fake_upstream() -> Iterator[Any]:
 @pytest.fixture
 def upstream(fake_upstream: Any) -> Any:
     """The fake upstream, its recorded requests and counters cleared."""
-    urllib.request.urlopen(urllib.request.Request(fake_upstream.url + "/_fake/reset", method="POST")).close()
+    fake_upstream.reset()
     return fake_upstream
 
 
