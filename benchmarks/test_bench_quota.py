@@ -144,7 +144,7 @@ async def _run(url: str, catalog_path: Path, spool_dir: Path, api_key: str) -> d
                   "settle.lua": await _server_us(client, settle_kept, 1000)}
         rates = {"admits/s, pipelined (ScriptBatcher)": await _rate(TASKS, THROUGHPUT_SECONDS, admit)}
         batcher = engine.batcher
-        engine.batcher = ScriptBatcher(client, url, max_batch=1)   # one EVALSHA per round trip
+        engine.batcher = ScriptBatcher(client, url, pipelined=False)   # one redis-py EVALSHA per call
         try:
             rates["admits/s, one EVALSHA per call"] = await _rate(TASKS, THROUGHPUT_SECONDS, admit)
         finally:

@@ -1,9 +1,9 @@
 """Coalesces script calls made in the same event-loop tick into one round trip.
 
-On a single Redis the batch is packed with hiredis and written on one pooled redis-py connection, then the
-replies are read in order: the same wire traffic as a redis-py pipeline at a fraction of its Python cost
-(the pipeline machinery was the gateway's largest quota cost). One `asyncio.timeout` bounds the batch.
-redis-py refuses EVALSHA in cluster pipelines, so on a cluster the calls go out concurrently instead.
+On a single Redis a tick's calls are packed with hiredis and written at once on one pipelined connection
+(`RespPipe`): no task, pool checkout or lock per call; replies resolve the futures in order. redis-py's
+pipelines were the gateway's largest quota cost, and redis-py refuses EVALSHA in cluster pipelines, so on a
+cluster the calls go out concurrently through the redis-py cluster client instead.
 """
 
 from __future__ import annotations
@@ -12,31 +12,27 @@ import asyncio
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import BlockingConnectionPool
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeout
+from redis.exceptions import NoScriptError
+
+from gateway.quota.resp_pipe import RespPipe
 
 Call = tuple[Any, list[str], list[Any], "asyncio.Future[Any]"]
 
 
 class ScriptBatcher:
-    """`await batcher.call(script, keys, args)`; calls queued in one tick share one round trip.
+    """`await batcher.call(script, keys, args)`: the script's reply, or its error as an exception.
 
-    A reply that is an error is set as the exception of its own future only. A NOSCRIPT reply (a restarted
-    or flushed server) loads the script and retries those calls once.
+    A NOSCRIPT reply (a restarted or flushed server) loads the script and retries that call once.
     """
 
-    def __init__(self, client: Any, url: str = "", max_batch: int = 256, pipelined: bool = True,
-                 timeout_s: float = 1.0) -> None:
+    def __init__(self, client: Any, url: str = "", pipelined: bool = True, timeout_s: float = 1.0) -> None:
         self.client = client
-        self.url = url
-        self.max_batch = max_batch
         self.pipelined = pipelined
-        self.timeout_s = timeout_s
-        self._pool: BlockingConnectionPool | None = None
+        self.pipe = RespPipe(url, timeout_s) if pipelined else None
         self._queue: list[Call] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loading: dict[str, asyncio.Future[Any]] = {}
 
     def call(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -47,93 +43,95 @@ class ScriptBatcher:
             loop.call_soon(self._flush)
         return future
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _flush(self) -> None:
         self._scheduled = False
         queue, self._queue = self._queue, []
-        for start in range(0, len(queue), self.max_batch):
-            task = asyncio.get_running_loop().create_task(self._run(queue[start:start + self.max_batch]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self.pipe is None:
+            for call in queue:
+                self._spawn(self._one(call))
+        elif self.pipe.connected:
+            self._write(queue, retried=False)
+        else:
+            self._spawn(self._connect_and_write(queue, retried=False))
 
-    @property
-    def pool(self) -> BlockingConnectionPool:
-        """A pool like the client's but without per-operation socket timeouts (the batch has one)."""
-        if self._pool is None:
-            self._pool = BlockingConnectionPool.from_url(self.url, max_connections=64, timeout=self.timeout_s,
-                                                         socket_timeout=None,
-                                                         socket_connect_timeout=self.timeout_s)
-        return self._pool
-
-    async def _one(self, call: Call) -> Any:
-        script, keys, args, _ = call
+    # -- single Redis: the pipelined connection ------------------------------------------------------
+    async def _connect_and_write(self, calls: list[Call], retried: bool) -> None:
+        assert self.pipe is not None
         try:
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError as exc:
-            return exc
-
-    async def _round_trip(self, batch: list[Call]) -> list[Any]:
-        packed = b"".join(hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-                          for script, keys, args, _ in batch)
-        connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await connection.send_packed_command(packed, check_health=False)
-                replies: list[Any] = []
-                for _ in batch:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
-        except BaseException as exc:
-            await connection.disconnect(nowait=True)    # replies may still be in flight: never reuse it
-            if isinstance(exc, TimeoutError):
-                raise RedisTimeout(f"no reply from Redis within {self.timeout_s}s") from None
-            raise
-        finally:
-            await self.pool.release(connection)
-        return replies
-
-    async def _send(self, batch: list[Call]) -> list[Any]:
-        if not self.pipelined:
-            if len(batch) == 1:
-                return [await self._one(batch[0])]
-            return list(await asyncio.gather(*(self._one(call) for call in batch), return_exceptions=True))
-        return await self._round_trip(batch)
-
-    async def _run(self, batch: list[Call]) -> None:
-        try:
-            results = await self._send(batch)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:
-                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
-                    await self.client.script_load(script.script)
-                retried = await self._send([batch[i] for i in missing])
-                for i, result in zip(missing, retried, strict=True):
-                    results[i] = result
-        except BaseException as exc:  # connection errors fail every call of the batch
-            for *_, future in batch:
+            await self.pipe.connect()
+        except Exception as exc:
+            for *_, future in calls:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
-            if not isinstance(exc, Exception):
-                raise
+                    future.set_exception(exc)
             return
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        self._write(calls, retried)
+
+    def _write(self, calls: list[Call], retried: bool) -> None:
+        assert self.pipe is not None
+        packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+                  for script, keys, args, _ in calls]
+        for call, reply in zip(calls, self.pipe.send(packed), strict=True):
+            reply.add_done_callback(lambda done, call=call: self._complete(call, done, retried))  # type: ignore[misc]
+
+    def _complete(self, call: Call, reply: asyncio.Future[Any], retried: bool) -> None:
+        future = call[3]
+        if future.done():
+            return
+        exc = reply.exception()
+        if exc is None:
+            future.set_result(reply.result())
+        elif isinstance(exc, NoScriptError) and not retried:
+            self._spawn(self._reload_and_retry(call))
+        else:
+            future.set_exception(exc)
+
+    async def _load(self, script: Any) -> None:
+        """SCRIPT LOAD once, however many calls met NOSCRIPT at the same time."""
+        loading = self._loading.get(script.sha)
+        if loading is None:
+            loading = self._loading[script.sha] = asyncio.ensure_future(self.client.script_load(script.script))
+            loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
+        await asyncio.shield(loading)
+
+    async def _reload_and_retry(self, call: Call) -> None:
+        try:
+            await self._load(call[0])
+        except Exception as exc:
+            if not call[3].done():
+                call[3].set_exception(exc)
+            return
+        await self._connect_and_write([call], retried=True)
+
+    # -- cluster: one EVALSHA per call through redis-py ----------------------------------------------
+    async def _one(self, call: Call) -> None:
+        script, keys, args, future = call
+        try:
+            try:
+                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self._load(script)
+                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(result)
 
     async def drain(self) -> None:
         """Waits until every queued call has its reply."""
-        while self._tasks or self._queue:
+        while self._queue or self._tasks or (self.pipe and self.pipe.connection and self.pipe.connection.pending):
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
-                await asyncio.sleep(0)   # the flush is scheduled for the next tick
+                await asyncio.sleep(0.001)
 
     async def close(self) -> None:
         await self.drain()
-        if self._pool is not None:
-            await self._pool.disconnect()
+        if self.pipe is not None:
+            self.pipe.close()

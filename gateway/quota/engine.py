@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway import errors
 from gateway.catalog import Catalog, Model
@@ -175,8 +175,8 @@ class QuotaEngine:
         exc: BaseException | None = ConnectionError("settle cancelled") if future.cancelled() else future.exception()
         if exc is None:
             return
-        if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
-            SETTLE_ERRORS.inc()             # the script refused these arguments: keep them for a person
+        if type(exc) is ResponseError:      # a plain error reply: the script refused these arguments;
+            SETTLE_ERRORS.inc()             # LOADING, READONLY, OOM, ... are subclasses and are retried
             log.error("settle refused by Redis (%s): %s", exc, args)
             self.spool.append_rejected(keys, args, str(exc))
             return

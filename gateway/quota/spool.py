@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 log = logging.getLogger("aihub.spool")
 Sender = Callable[[list[str], list[Any]], Awaitable[None]]
@@ -94,7 +94,7 @@ class Spool:
                     try:
                         await send(entry["keys"], entry["args"])
                     except ResponseError as exc:
-                        if isinstance(exc, NoScriptError):
+                        if type(exc) is not ResponseError:   # NOSCRIPT, LOADING, ...: try again later
                             raise
                         self.append_rejected(entry["keys"], entry["args"], str(exc))
                     sent += 1

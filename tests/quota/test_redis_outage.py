@@ -14,11 +14,11 @@ import pytest
 import redis
 
 from gateway.accounts import AccountStore
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, load_catalog
 from gateway.redis_server import RedisServer
 from tests.conftest import UPSTREAM_KEY
 from tests.quota.test_gateway_quota import post_chat, quota_of, wait_for
-from tests.support import GatewayThread, settings_for
+from tests.support import GatewayThread, catalog_file, settings_for
 
 
 @pytest.fixture
@@ -60,7 +60,8 @@ def test_redis_restart_under_load(policy: str, durable_redis: RedisServer, upstr
     key = store.issue_key(account_id).api_key
     settings = settings_for(durable_redis.url, upstream.url, UPSTREAM_KEY, tmp_path,
                             redis_failure_policy=policy, redis_timeout_s=0.3)
-    gateway = GatewayThread(settings).start()
+    unthrottled = load_catalog(catalog_file(tmp_path, "enterprise", rate_per_minute=10**7, burst=10**6))
+    gateway = GatewayThread(settings, unthrottled).start()
     try:
         assert post_chat(gateway.url, key) == 200      # the key is verified before the outage
         statuses = run_load(gateway.url, key, seconds=4.0, outage=(1.0, 1.5), server=durable_redis)
