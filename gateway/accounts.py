@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.keys import ACCOUNTS_SET, ID_RE, AccountKeys, hash_api_key, new_api_key, new_id
+from gateway.redis_client import text
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,6 @@ class IssuedKey:
     account_id: str
     key_id: str
     api_key: str   # shown once; only its SHA-256 is stored
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class AccountStore:
@@ -64,10 +60,10 @@ class AccountStore:
     def get_account(self, account_id: str) -> dict[str, str]:
         keys = self._require(account_id)
         raw = self.client.hgetall(keys.account)
-        return {_s(k): _s(v) for k, v in raw.items()} | {"id": account_id}
+        return {text(k): text(v) for k, v in raw.items()} | {"id": account_id}
 
     def list_accounts(self) -> list[str]:
-        return sorted(_s(a) for a in self.client.smembers(ACCOUNTS_SET))
+        return sorted(text(a) for a in self.client.smembers(ACCOUNTS_SET))
 
     def issue_key(self, account_id: str, name: str = "default") -> IssuedKey:
         keys = self._require(account_id)
@@ -88,10 +84,10 @@ class AccountStore:
     def list_keys(self, account_id: str) -> list[dict[str, str]]:
         keys = self._require(account_id)
         result = []
-        for key_id in sorted(_s(k) for k in self.client.smembers(keys.key_ids)):
+        for key_id in sorted(text(k) for k in self.client.smembers(keys.key_ids)):
             raw = self.client.hgetall(keys.api_key(key_id))
-            result.append({"id": key_id, "name": _s(raw.get(b"name", b"")),
-                           "status": _s(raw.get(b"status", b"")), "created_ms": _s(raw.get(b"created_ms", b""))})
+            result.append({"id": key_id, "name": text(raw.get(b"name", b"")),
+                           "status": text(raw.get(b"status", b"")), "created_ms": text(raw.get(b"created_ms", b""))})
         return result
 
     def set_plan(self, account_id: str, plan: str) -> None:

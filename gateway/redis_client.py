@@ -12,6 +12,11 @@ from redis.retry import Retry
 from gateway.settings import Settings
 
 
+def text(value: Any) -> str:
+    """A Redis reply value as text (replies are bytes; clients with decode_responses give str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def async_client(settings: Settings) -> Any:
     options: dict[str, Any] = {"socket_timeout": settings.redis_timeout_s,
                                "socket_connect_timeout": settings.redis_timeout_s}

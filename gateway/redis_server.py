@@ -9,7 +9,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,12 +134,3 @@ class RedisCluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-
-
-@contextlib.contextmanager
-def running_redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from gateway.keys import AccountKeys, ParsedKey
 from gateway.quota.periods import Period
 
-OUTCOMES = ("ok", "upstream_error", "client_cancel", "abandoned")
-
 
 @dataclass
 class Admission:
@@ -49,7 +47,7 @@ class Usage:
     """What happened upstream; validated token counts (see gateway.usage)."""
 
     billable: bool
-    outcome: str
+    outcome: str            # ok, upstream_error, client_cancel, abandoned
     status: int
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -20,16 +20,13 @@ from gateway.quota.batcher import ScriptBatcher
 from gateway.quota.periods import DAY_S, Clock, Period, PeriodCache, system_clock
 from gateway.quota.scripts import register_all
 from gateway.quota.spool import Spool
+from gateway.redis_client import text
 from gateway.settings import Settings
 
 log = logging.getLogger("aihub.quota")
 DONE_TTL_S = 7 * DAY_S
 OUTCOMES = ("admitted", "bad_key", "account_inactive", "model_refused", "rate_limited", "quota_exhausted",
             "duplicate", "unknown_plan")   # by admit.lua's reply code
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class QuotaEngine:
@@ -88,7 +85,7 @@ class QuotaEngine:
         code = int(reply[0])
         self._decisions[OUTCOMES[code]].inc()
         if code == 0:
-            admission.plan = _text(reply[1])
+            admission.plan = text(reply[1])
             admission.limit, admission.remaining = int(reply[2]), int(reply[3])
             admission.rpm, admission.rate_remaining, admission.rate_reset_ms = (
                 int(reply[4]), int(reply[5]), int(reply[6]))
@@ -97,30 +94,30 @@ class QuotaEngine:
         if code == 1:
             raise errors.Unauthorized("Incorrect API key provided, or the key was revoked.")
         if code == 2:
-            raise errors.PermissionDenied(f"The account is {_text(reply[1])}; requests are refused.",
+            raise errors.PermissionDenied(f"The account is {text(reply[1])}; requests are refused.",
                                           code="account_inactive")
         if code == 3:
             raise errors.PermissionDenied(
-                f"The model `{admission.model}` is not available on the {_text(reply[1])} plan.",
+                f"The model `{admission.model}` is not available on the {text(reply[1])} plan.",
                 param="model")
         if code == 4:
             retry_s = max(1, math.ceil(int(reply[2]) / 1000))
             raise errors.RateLimited(
-                f"Rate limit reached for requests per {_text(reply[1])}: limit {int(reply[3])}/min. "
+                f"Rate limit reached for requests per {text(reply[1])}: limit {int(reply[3])}/min. "
                 f"Try again in {retry_s}s.",
                 headers={"retry-after": str(retry_s), "x-ratelimit-limit-requests": str(int(reply[3])),
                          "x-ratelimit-remaining-requests": "0"})
         if code == 5:
             retry_s = max(1, period.end_s - int(now))
             raise errors.QuotaExceeded(
-                f"Monthly quota of {int(reply[2])} calls on the {_text(reply[1])} plan is used up "
+                f"Monthly quota of {int(reply[2])} calls on the {text(reply[1])} plan is used up "
                 f"({int(reply[3])} used); it resets at the start of the next month (in {retry_s}s). "
                 "Upgrade the plan, enable pay-as-you-go overage or ask for a temporary boost.",
                 headers={"retry-after": str(retry_s), "x-quota-limit": str(int(reply[2])),
                          "x-quota-remaining": "0"})
         if code == 6:
             raise errors.InvalidRequest("Duplicate request id.", code="duplicate_request_id")
-        raise errors.ServiceUnavailable(f"Plan {_text(reply[1])!r} is not in this gateway's catalog.",
+        raise errors.ServiceUnavailable(f"Plan {text(reply[1])!r} is not in this gateway's catalog.",
                                         code="unknown_plan")
 
     # -- Redis unavailable: the one place where the policy is applied --------------------------------

@@ -14,18 +14,15 @@ from gateway.keys import ID_RE, ParsedKey
 from gateway.quota.admission import Admission, Usage
 from gateway.quota.engine import QuotaEngine
 from gateway.quota.periods import period_named
+from gateway.redis_client import text
 
 log = logging.getLogger("aihub.reaper")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _reservation_keys(client: Any) -> list[str]:
     found: list[str] = []
     async for key in client.scan_iter(match="{s:*}:a:*:res", count=1000):
-        found.append(_text(key))
+        found.append(text(key))
     return found
 
 
@@ -39,12 +36,12 @@ async def reap_expired(engine: QuotaEngine) -> int:
             continue
         keys = engine.account_keys(account_id)
         for rid_raw in await engine.client.zrangebyscore(keys.reservations, "-inf", now_ms):
-            rid = _text(rid_raw)
+            rid = text(rid_raw)
             record = await engine.client.hget(keys.reservation_data, rid)
             if record is None:
                 await engine.client.zrem(keys.reservations, rid)
                 continue
-            fields = _text(record).split("|")
+            fields = text(record).split("|")
             if len(fields) != 7:
                 log.error("malformed reservation %s of %s: %r", rid, account_id, record)
                 continue
