@@ -14,6 +14,7 @@ from billing_worker.errors import StreamError
 from billing_worker.money import nanos_to_decimal
 from billing_worker.periods import check_period
 from gateway.keys import AccountKeys
+from gateway.redis_client import text
 
 TOTAL_FIELDS = ("used", "reserved", "overage", "pt", "ct", "cached", "reasoning", "cost_nanos")
 
@@ -44,13 +45,10 @@ class CurrentUsage:
         return nanos_to_decimal(self.cost_nanos)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 def _int(value: bytes | str | None) -> int:
     try:
-        return int(float(_text(value))) if value is not None else 0
+        return int(float(text(value))) if value is not None else 0
     except ValueError:
         return 0
 
@@ -61,7 +59,7 @@ def current_usage(client: redis.Redis, acct: str, period: str, shards: int) -> C
         raw = client.hgetall(AccountKeys(acct, shards).quota(check_period(period)))
     except redis.RedisError as exc:
         raise StreamError(f"Redis unavailable reading the counters of {acct}: {exc}") from None
-    fields = {_text(k): v for k, v in dict(raw).items()}
+    fields = {text(k): v for k, v in dict(raw).items()}
     per_model: dict[str, dict[str, int]] = {}
     for name, value in fields.items():
         if name.startswith("m:"):

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from billing_worker.errors import StreamError
+from gateway.redis_client import text
 
 # One stream's share of a read: (stream key, [[entry id, flat fields or None], ...]) as Redis sent it.
 Chunk = tuple[str, list[list[Any]]]
@@ -38,27 +39,24 @@ def call(client: redis.Redis, *args: str | bytes | int) -> Any:
             pool.release(conn)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _chunks(reply: Any) -> list[Chunk]:
     if not reply:
         return []
     items = reply.items() if isinstance(reply, dict) else reply
-    return [(_text(key), entries) for key, entries in items if entries]
+    return [(text(key), entries) for key, entries in items if entries]
 
 
 def _pairs(reply: Any) -> dict[str, Any]:
     """A RESP3 map or a RESP2 flat [k, v, ...] list as a dict with str keys."""
     if isinstance(reply, dict):
-        return {_text(k): v for k, v in reply.items()}
+        return {text(k): v for k, v in reply.items()}
     it = iter(reply)
-    return {_text(k): v for k, v in zip(it, it, strict=False)}
+    return {text(k): v for k, v in zip(it, it, strict=False)}
 
 
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = _text(entry_id).partition("-")
+    ms, _, seq = text(entry_id).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -110,7 +108,7 @@ def claim_stale(client: redis.Redis, stream: str, group: str, consumer: str, min
     """
     reply = call(client, "XAUTOCLAIM", stream, group, consumer, min_idle_ms, cursor, "COUNT", limit)
     deleted = len(reply[2]) if len(reply) > 2 and reply[2] else 0
-    return _text(reply[0]), [e for e in reply[1] if e is not None], deleted
+    return text(reply[0]), [e for e in reply[1] if e is not None], deleted
 
 
 def settle(client: redis.Redis, stream: str, dead_stream: str, group: str, ids: Sequence[bytes],
@@ -165,7 +163,7 @@ def backlog(client: redis.Redis, streams: Sequence[str], group: str) -> int:
             groups = call(client, "XINFO", "GROUPS", stream)
         except StreamError:
             continue  # no such stream yet
-        mine = [info for info in map(_pairs, groups or []) if _text(info["name"]) == group]
+        mine = [info for info in map(_pairs, groups or []) if text(info["name"]) == group]
         if not mine:  # the group will be created from the first entry
             total += int(call(client, "XLEN", stream))
             continue
