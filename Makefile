@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: up test lint typecheck pytest bench venv clean
+.PHONY: up test lint typecheck pytest bench venv clean redis
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,8 +14,10 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 
 venv: $(BIN)/.installed
 
-up: venv
-	@command -v redis-server >/dev/null || [ -n "$$REDIS_URL" ] || { echo "redis-server is missing: sudo apt-get install redis-server (or set REDIS_URL)"; exit 1; }
+redis:
+	@[ -n "$$REDIS_URL" ] || scripts/ensure-redis
+
+up: venv redis
 	$(BIN)/python -m gateway up
 
 lint: venv
@@ -25,6 +27,7 @@ typecheck: venv
 	$(BIN)/mypy gateway billing_worker fakes
 
 pytest: venv
+	@scripts/ensure-redis
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
