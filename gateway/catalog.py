@@ -12,6 +12,7 @@ from typing import Any
 from gateway.errors import ConfigError
 
 NAME_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+MODEL_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")   # no '|': reservation records are '|'-separated
 OVERAGE_POLICIES = ("hard", "payg_optional", "unlimited")
 NANOS_PER_UNIT = 10**9
 MINOR_PER_UNIT = 100
@@ -105,6 +106,8 @@ def _plan(name: str, raw: dict[str, Any]) -> Plan:
 
 def _model(name: str, raw: dict[str, Any], upstreams: tuple[str, ...], tiers: set[str]) -> Model:
     where = f"models.{name}"
+    if not MODEL_RE.match(name):
+        raise ConfigError(f"catalog {where}: model names are letters, digits and . _ - : / (at most 128)")
     if raw.get("upstream") not in upstreams:
         raise ConfigError(f"catalog {where}.upstream={raw.get('upstream')!r} is not a declared upstream")
     if raw.get("tier") not in tiers:
@@ -128,6 +131,11 @@ def load_catalog(path: Path) -> Catalog:
         raise ConfigError(f"catalog {path} declares no plans")
     plans = {name: _plan(name, body) for name, body in raw["plans"].items()}
     upstreams = tuple(raw.get("upstreams", {}).keys())
+    for upstream in upstreams:
+        if not NAME_RE.match(upstream):   # also names AIHUB_UPSTREAM_<NAME>_URL
+            raise ConfigError(f"catalog upstreams.{upstream}: names are lowercase letters, digits and '_'")
+    if not upstreams:
+        raise ConfigError(f"catalog {path} declares no [upstreams]")
     tiers = {tier for plan in plans.values() for tier in plan.model_tiers}
     models = {name: _model(name, body, upstreams, tiers) for name, body in raw.get("models", {}).items()}
     return Catalog(version=str(raw.get("version", "")), currency=str(raw.get("currency", "USD")),

@@ -87,3 +87,17 @@ def test_cli_manages_accounts_keys_and_quotas(redis_url: str, monkeypatch: pytes
     assert "Unknown plan" in capsys.readouterr().err
     assert main(["show-account", "nobody"]) == 2
     client.close()
+
+
+@pytest.mark.parametrize(("mutation", "message"), [
+    (('[models."gpt-4o"]', '[models."gpt|4o"]'), "model names"),
+    (("[upstreams.default]", "[upstreams.Default-1]"), "upstreams.Default-1"),
+    (("[plans.pro]", "[plans.Pro-Plan]"), "plan names"),
+])
+def test_names_that_would_break_keys_or_records_are_refused(tmp_path: Path, mutation: tuple[str, str],
+                                                            message: str) -> None:
+    text = (ROOT / "config" / "catalog.toml").read_text()
+    path = tmp_path / "catalog.toml"
+    path.write_text(text.replace(mutation[0], mutation[1], 1))
+    with pytest.raises(ConfigError, match=message):
+        load_catalog(path)
