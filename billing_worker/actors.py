@@ -17,7 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.drain import drain_once
-from billing_worker.errors import ClickHouseUnavailable, StreamError
+from billing_worker.errors import ClickHouseUnavailable, ConfigError, StreamError
 from billing_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,20 +26,22 @@ QUEUE = "billing"
 MAX_RETRIES = 20
 
 settings = Settings.from_env()
-broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
+if settings.redis_cluster and not settings.broker_url:
+    raise ConfigError("AIHUB_BROKER_URL: Dramatiq needs a single Redis server when REDIS_CLUSTER is set")
+broker = RedisBroker(url=settings.broker_url or settings.redis_url)  # type: ignore[no-untyped-call]
 dramatiq.set_broker(broker)
 
 _lock = threading.Lock()
 _drain_lock = threading.Lock()
-_redis: redis.Redis | None = None
+_redis: redis.Redis | redis.RedisCluster | None = None
 _clickhouse: ClickHouse | None = None
 
 
-def resources() -> tuple[redis.Redis, ClickHouse]:
+def resources() -> tuple[redis.Redis | redis.RedisCluster, ClickHouse]:
     global _redis, _clickhouse
     with _lock:
         if _redis is None:
-            _redis = redis.Redis.from_url(settings.redis_url)
+            _redis = settings.redis_client()  # a RedisCluster client when REDIS_CLUSTER is set
         if _clickhouse is None:
             _clickhouse = ClickHouse(settings.clickhouse_url)
         return _redis, _clickhouse

@@ -71,8 +71,8 @@ def _output(name: str) -> Iterator[TextIO]:
 
 
 @contextmanager
-def _redis(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
+def _redis(settings: Settings) -> Iterator[redis.Redis | redis.RedisCluster]:
+    client = settings.redis_client()  # a RedisCluster client when REDIS_CLUSTER is set
     try:
         yield client
     finally:

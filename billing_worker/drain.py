@@ -70,7 +70,7 @@ class _Batch:
 
 @dataclass
 class _Drain:
-    redis: redis.Redis
+    redis: rs.Client
     ch: ClickHouse
     settings: Settings
     consumer: str
@@ -167,7 +167,7 @@ class _Drain:
                 self.sleep(delay)
 
 
-def drain_once(redis_client: redis.Redis, ch: ClickHouse, settings: Settings, *, max_batches: int | None = None,
+def drain_once(redis_client: rs.Client, ch: ClickHouse, settings: Settings, *, max_batches: int | None = None,
                progress: Progress | None = None, sleep: Callable[[float], None] = time.sleep) -> DrainStats:
     """Drain every usage shard stream until it is empty (or `max_batches` batches), then trim.
 
@@ -179,8 +179,9 @@ def drain_once(redis_client: redis.Redis, ch: ClickHouse, settings: Settings, *,
     streams = usage_streams(settings.shards)
     d = _Drain(redis_client, ch, settings, settings.consumer, sleep, progress)
     rs.ensure_groups(redis_client, streams, d.group)
-    # A second thread loads batches while this one reads; not with a single-connection client.
-    if redis_client.connection is None:
+    # A second thread loads batches while this one reads; not with a single-connection client (a
+    # cluster client always uses pools, one per node).
+    if isinstance(redis_client, redis.RedisCluster) or redis_client.connection is None:
         d.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drain-load")
     # The cyclic GC is paused while draining: batches are large, short-lived and free of cycles, and
     # each collection would rescan every live entry (it cost a third of the CPU); refcounting frees them.

@@ -53,7 +53,7 @@ def _int(value: bytes | str | None) -> int:
         return 0
 
 
-def current_usage(client: redis.Redis, acct: str, period: str, shards: int) -> CurrentUsage:
+def current_usage(client: redis.Redis | redis.RedisCluster, acct: str, period: str, shards: int) -> CurrentUsage:
     """Counters of one account and period; zeros when the account has no traffic in it yet."""
     try:
         raw = client.hgetall(AccountKeys(acct, shards).quota(check_period(period)))

@@ -2,8 +2,10 @@
 
 Replies are read undecoded whatever the client's `decode_responses`, so entries reach
 `usage_entry.to_row` as the flat `[field, value, ...]` byte lists Redis sends, with no per-entry
-objects in between. Works with RESP2 and RESP3 clients of a single Redis (not Redis Cluster:
-one XREADGROUP names every shard stream). Redis errors are wrapped into `StreamError`.
+objects in between. Works with RESP2 and RESP3 clients of a single Redis, where one XREADGROUP names
+every shard stream, and with a `redis.RedisCluster` client, where every command names one shard stream
+(one hash slot): the reads go per stream to the primary owning its slot, and the settle MULTI keeps to
+one slot (`{s:NN}:usage` and `{s:NN}:usage:dead`). Redis errors are wrapped into `StreamError`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from billing_worker.errors import StreamError
 from gateway.redis_client import text
@@ -21,23 +24,63 @@ from gateway.redis_client import text
 Chunk = tuple[str, list[list[Any]]]
 # An entry to dead-letter: (entry id, its flat fields, reason).
 DeadLetter = tuple[bytes, Sequence[bytes] | None, str]
+# A client of a single Redis, or of a Redis Cluster.
+Client = redis.Redis | redis.RedisCluster
+
+# Attempts of a command on a cluster when its slot moved (the slot map is refreshed between them).
+CLUSTER_ATTEMPTS = 3
 
 
-def call(client: redis.Redis, *args: str | bytes | int) -> Any:
-    """Send one command on a pooled connection and return the raw, undecoded reply."""
+def _send(client: redis.Redis, args: tuple[str | bytes | int, ...]) -> Any:
     pool = client.connection_pool
     conn: Any = client.connection or pool.get_connection()
     try:
         conn.send_command(*args)
         return conn.read_response(disable_decoding=True)
-    except redis.ResponseError as exc:
-        raise StreamError(f"{args[0]!s} failed: {exc}") from None
-    except redis.RedisError as exc:
-        raise StreamError(f"Redis unavailable during {args[0]!s}: {exc}") from None
     finally:
         if client.connection is None:
             pool.release(conn)
 
+
+def _stream_error(exc: Exception, args: tuple[str | bytes | int, ...]) -> StreamError:
+    if isinstance(exc, redis.ResponseError):
+        return StreamError(f"{args[0]!s} failed: {exc}")
+    return StreamError(f"Redis unavailable during {args[0]!s}: {exc}")
+
+
+def call(client: redis.Redis, *args: str | bytes | int) -> Any:
+    """Send one command on a pooled connection and return the raw, undecoded reply."""
+    try:
+        return _send(client, args)
+    except redis.RedisError as exc:
+        raise _stream_error(exc, args) from None
+
+
+# Cluster replies after which the slot map is refreshed and the command sent again.
+_REROUTE = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+            redis.ConnectionError, redis.TimeoutError)
+
+
+def call_on(client: Client, key: str, *args: str | bytes | int) -> Any:
+    """`call` on a single Redis; on a cluster, `call` on the primary owning `key`'s slot (every key
+    the command names must be in that slot). MOVED/ASK, a failover or a node down refresh the slot map
+    and send the command again, up to `CLUSTER_ATTEMPTS` times."""
+    if not isinstance(client, redis.RedisCluster):
+        return call(client, *args)
+    for attempt in range(CLUSTER_ATTEMPTS):
+        try:
+            node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))  # its primary
+            return _send(client.get_redis_connection(node), args)
+        except _REROUTE as exc:
+            if attempt + 1 >= CLUSTER_ATTEMPTS:
+                raise _stream_error(exc, args) from None
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:  # e.g. a slot not covered
+            raise _stream_error(exc, args) from None
+        try:
+            client.nodes_manager.initialize()
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            raise _stream_error(exc, args) from None
+    raise AssertionError("unreachable")
 
 
 def _chunks(reply: Any) -> list[Chunk]:
@@ -64,56 +107,67 @@ def format_id(parsed: tuple[int, int]) -> str:
     return f"{parsed[0]}-{parsed[1]}"
 
 
-def ensure_groups(client: redis.Redis, streams: Sequence[str], group: str) -> None:
+def ensure_groups(client: Client, streams: Sequence[str], group: str) -> None:
     """Create the consumer group on every stream (from the first entry), tolerating existing ones."""
     for stream in streams:
         try:
-            call(client, "XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+            call_on(client, stream, "XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
         except StreamError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
 
-def read_new(client: redis.Redis, streams: Sequence[str], group: str, consumer: str, limit: int) -> list[Chunk]:
+def _read_group(client: Client, streams: Sequence[str], group: str, consumer: str, count: int,
+                start: str) -> list[Chunk]:
+    """XREADGROUP from `start` on every stream: one command on a single Redis, one per stream (one
+    hash slot each) on a cluster."""
+    if not isinstance(client, redis.RedisCluster):
+        return _chunks(call(client, "XREADGROUP", "GROUP", group, consumer, "COUNT", count,
+                            "STREAMS", *streams, *([start] * len(streams))))
+    chunks: list[Chunk] = []
+    for stream in streams:
+        chunks.extend(_chunks(call_on(client, stream, "XREADGROUP", "GROUP", group, consumer, "COUNT", count,
+                                      "STREAMS", stream, start)))
+    return chunks
+
+
+def read_new(client: Client, streams: Sequence[str], group: str, consumer: str, limit: int) -> list[Chunk]:
     """Up to about `limit` never-delivered entries across the streams (they become pending to us)."""
     chunks: list[Chunk] = []
     active = list(streams)
     got = 0
     while active and got < limit:
         per_stream = max(1, -(-(limit - got) // len(active)))
-        reply = call(client, "XREADGROUP", "GROUP", group, consumer, "COUNT", per_stream,
-                     "STREAMS", *active, *([">"] * len(active)))
-        round_chunks = _chunks(reply)
+        round_chunks = _read_group(client, active, group, consumer, per_stream, ">")
         chunks.extend(round_chunks)
         got += sum(len(entries) for _, entries in round_chunks)
         active = [stream for stream, entries in round_chunks if len(entries) >= per_stream]
     return chunks
 
 
-def read_own_pending(client: redis.Redis, streams: Sequence[str], group: str, consumer: str,
+def read_own_pending(client: Client, streams: Sequence[str], group: str, consumer: str,
                      limit: int) -> list[Chunk]:
     """Entries delivered to this consumer but never acknowledged (a failed insert, a crash)."""
     per_stream = max(1, limit // len(streams))
-    reply = call(client, "XREADGROUP", "GROUP", group, consumer, "COUNT", per_stream,
-                 "STREAMS", *streams, *(["0"] * len(streams)))
-    return _chunks(reply)
+    return _read_group(client, streams, group, consumer, per_stream, "0")
 
 
-def claim_stale(client: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int,
+def claim_stale(client: Client, stream: str, group: str, consumer: str, min_idle_ms: int,
                 cursor: str, limit: int) -> tuple[str, list[list[Any]], int]:
     """XAUTOCLAIM: take over entries pending to any consumer for at least `min_idle_ms`.
 
     Returns the next cursor ("0-0" when the scan is complete), the claimed entries, and how many
     pending ids had no entry left (Redis drops those from the pending list itself).
     """
-    reply = call(client, "XAUTOCLAIM", stream, group, consumer, min_idle_ms, cursor, "COUNT", limit)
+    reply = call_on(client, stream, "XAUTOCLAIM", stream, group, consumer, min_idle_ms, cursor, "COUNT", limit)
     deleted = len(reply[2]) if len(reply) > 2 and reply[2] else 0
     return text(reply[0]), [e for e in reply[1] if e is not None], deleted
 
 
-def settle(client: redis.Redis, stream: str, dead_stream: str, group: str, ids: Sequence[bytes],
+def settle(client: Client, stream: str, dead_stream: str, group: str, ids: Sequence[bytes],
            dead: Iterable[DeadLetter]) -> None:
-    """Dead-letter the given entries and acknowledge `ids`, atomically (MULTI/EXEC, one hash slot)."""
+    """Dead-letter the given entries and acknowledge `ids`, atomically (MULTI/EXEC, one hash slot: on a
+    cluster, the cluster client's transaction pipeline sends it to the primary owning that slot)."""
     now_ms = str(int(time.time() * 1000)).encode()
     try:
         pipe: Any
@@ -127,18 +181,18 @@ def settle(client: redis.Redis, stream: str, dead_stream: str, group: str, ids: 
             if ids:
                 pipe.execute_command("XACK", stream, group, *ids)
             pipe.execute()
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         raise StreamError(f"Redis unavailable while acknowledging {stream}: {exc}") from None
 
 
-def safe_trim_id(client: redis.Redis, stream: str) -> str | None:
+def safe_trim_id(client: Client, stream: str) -> str | None:
     """The lowest id any consumer group may still need: the oldest pending id, or the id after the
     last delivered one when nothing is pending. None when the stream has no group (never trim)."""
     bounds: list[tuple[int, int]] = []
-    for raw in call(client, "XINFO", "GROUPS", stream) or []:
+    for raw in call_on(client, stream, "XINFO", "GROUPS", stream) or []:
         info = _pairs(raw)
         if int(info.get("pending") or 0) > 0:
-            summary = call(client, "XPENDING", stream, info["name"])
+            summary = call_on(client, stream, "XPENDING", stream, info["name"])
             if summary and summary[1] is not None:
                 bounds.append(parse_id(summary[1]))
                 continue
@@ -147,27 +201,27 @@ def safe_trim_id(client: redis.Redis, stream: str) -> str | None:
     return format_id(min(bounds)) if bounds else None
 
 
-def trim_acknowledged(client: redis.Redis, stream: str) -> int:
+def trim_acknowledged(client: Client, stream: str) -> int:
     """XTRIM MINID below what every group has acknowledged; never removes a pending entry."""
     minid = safe_trim_id(client, stream)
     if minid is None:
         return 0
-    return int(call(client, "XTRIM", stream, "MINID", minid))
+    return int(call_on(client, stream, "XTRIM", stream, "MINID", minid))
 
 
-def backlog(client: redis.Redis, streams: Sequence[str], group: str) -> int:
+def backlog(client: Client, streams: Sequence[str], group: str) -> int:
     """Entries not yet acknowledged by `group`: pending plus never delivered (lag), over all streams."""
     total = 0
     for stream in streams:
         try:
-            groups = call(client, "XINFO", "GROUPS", stream)
+            groups = call_on(client, stream, "XINFO", "GROUPS", stream)
         except StreamError:
             continue  # no such stream yet
         mine = [info for info in map(_pairs, groups or []) if text(info["name"]) == group]
         if not mine:  # the group will be created from the first entry
-            total += int(call(client, "XLEN", stream))
+            total += int(call_on(client, stream, "XLEN", stream))
             continue
         lag = mine[0].get("lag")
         total += int(mine[0].get("pending") or 0)
-        total += int(lag) if lag is not None else int(call(client, "XLEN", stream))
+        total += int(lag) if lag is not None else int(call_on(client, stream, "XLEN", stream))
     return total

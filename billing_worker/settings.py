@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+import redis
+
 from billing_worker.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +81,8 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    broker_url: str = ""          # Dramatiq's Redis; must be a single server (default: REDIS_URL)
     clickhouse_url: str = DEFAULT_CLICKHOUSE_URL
     clickhouse_cluster: str = ""
     schema_dir: Path = REPO_ROOT / "clickhouse"
@@ -104,6 +108,8 @@ class Settings:
         d = cls()
         return cls(
             redis_url=_read(e, "REDIS_URL", d.redis_url, str, "a redis:// URL"),
+            redis_cluster=_read(e, "REDIS_CLUSTER", d.redis_cluster, _bool, "true or false"),
+            broker_url=_read(e, "AIHUB_BROKER_URL", "", str, "a redis:// URL of a single server"),
             clickhouse_url=_read(e, "CLICKHOUSE_URL", d.clickhouse_url, _clickhouse_url,
                                  "chdb:///<dir> or http(s)://user:pass@host:8123/db"),
             clickhouse_cluster=_read(e, "CLICKHOUSE_CLUSTER", "", str, "a cluster name"),
@@ -134,6 +140,12 @@ class Settings:
             anomaly_min_calls=_read(e, "AIHUB_ANOMALY_MIN_CALLS", d.anomaly_min_calls, _int_in(0, 10**12),
                                     "an integer >= 0"),
         )
+
+    def redis_client(self) -> redis.Redis | redis.RedisCluster:
+        """A client of the usage streams' Redis: a `redis.RedisCluster` when `redis_cluster` is set."""
+        if self.redis_cluster:
+            return redis.RedisCluster.from_url(self.redis_url)
+        return redis.Redis.from_url(self.redis_url)
 
     def replace(self, **changes: Any) -> Settings:
         return replace(self, **changes)
