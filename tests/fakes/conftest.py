@@ -1,4 +1,4 @@
-"""Fixtures: one fake upstream per test module, in a daemon thread, reset before every test."""
+"""Fixtures: the session's fake upstream (tests/conftest.py), reset before every test."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ from fakes.openai_upstream import FakeUpstream
 from tests.fakes.support import API_KEY
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream(api_key=API_KEY)
-    upstream.start_in_thread()
-    yield upstream
-    upstream.stop()
+@pytest.fixture
+def fake(fake_upstream: FakeUpstream) -> FakeUpstream:
+    return fake_upstream
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-API_KEY = "sk-fake-test"
+from tests.conftest import UPSTREAM_KEY
+
+API_KEY = UPSTREAM_KEY   # the session fake upstream's key
 MESSAGES: list[Any] = [
     {"role": "system", "content": "You are terse."},  # 3 words + 3
     {"role": "user", "content": [{"type": "text", "text": "Say hello to the world"}]},  # 5 words + 3
