@@ -118,9 +118,12 @@ class Settings:
             spool_dir=env.get("AIHUB_SPOOL_DIR", Path, ROOT / ".var" / "spool"),
             shards=env.get("AIHUB_SHARDS", int, cls.shards),
             reservation_ttl_s=env.get("AIHUB_RESERVATION_TTL_S", int, cls.reservation_ttl_s),
+            period_grace_days=env.get("AIHUB_PERIOD_GRACE_DAYS", int, cls.period_grace_days),
         )
         for name, value in (("AIHUB_PORT", settings.port), ("AIHUB_MAX_BODY_BYTES", settings.max_body_bytes),
-                            ("AIHUB_SHARDS", settings.shards)):
+                            ("AIHUB_SHARDS", settings.shards),
+                            ("AIHUB_RESERVATION_TTL_S", settings.reservation_ttl_s),
+                            ("AIHUB_PERIOD_GRACE_DAYS", settings.period_grace_days)):
             if value < 0 or (name != "AIHUB_PORT" and value == 0):
                 raise ConfigError(f"{name}={value} must be positive")
         return settings

@@ -27,6 +27,7 @@ def test_settings_read_typed_values_and_upstreams() -> None:
     ({"AIHUB_QUOTA_CHECKS": "maybe"}, "AIHUB_QUOTA_CHECKS"),
     ({"AIHUB_REDIS_FAILURE_POLICY": "sometimes"}, "AIHUB_REDIS_FAILURE_POLICY"),
     ({"AIHUB_SHARDS": "0"}, "AIHUB_SHARDS"),
+    ({"AIHUB_PERIOD_GRACE_DAYS": "-1"}, "AIHUB_PERIOD_GRACE_DAYS"),
 ])
 def test_malformed_settings_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
