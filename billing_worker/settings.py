@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import redis
 
 from billing_worker.errors import ConfigError
+from gateway.settings import parse_bool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLICKHOUSE_URL = f"chdb://{REPO_ROOT / '.var' / 'chdb'}"
@@ -48,15 +49,6 @@ def _positive_float(raw: str) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(raw)
     return value
-
-
-def _bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
 
 
 def _clickhouse_url(raw: str) -> str:
@@ -108,7 +100,7 @@ class Settings:
         d = cls()
         return cls(
             redis_url=_read(e, "REDIS_URL", d.redis_url, str, "a redis:// URL"),
-            redis_cluster=_read(e, "REDIS_CLUSTER", d.redis_cluster, _bool, "true or false"),
+            redis_cluster=_read(e, "REDIS_CLUSTER", d.redis_cluster, parse_bool, "true or false"),
             broker_url=_read(e, "AIHUB_BROKER_URL", "", str, "a redis:// URL of a single server"),
             clickhouse_url=_read(e, "CLICKHOUSE_URL", d.clickhouse_url, _clickhouse_url,
                                  "chdb:///<dir> or http(s)://user:pass@host:8123/db"),
@@ -130,7 +122,7 @@ class Settings:
                                   "seconds > 0"),
             drain_backoff_max_s=_read(e, "AIHUB_DRAIN_BACKOFF_MAX_S", d.drain_backoff_max_s, _positive_float,
                                       "seconds > 0"),
-            drain_trim=_read(e, "AIHUB_DRAIN_TRIM", d.drain_trim, _bool, "true or false"),
+            drain_trim=_read(e, "AIHUB_DRAIN_TRIM", d.drain_trim, parse_bool, "true or false"),
             drain_fault=_read(e, "AIHUB_DRAIN_FAULT", "", _choice(FAULTS), f"one of {FAULTS[1:]} (tests only)"),
             drain_interval_s=_read(e, "AIHUB_DRAIN_INTERVAL_S", d.drain_interval_s, _positive_float,
                                    "seconds > 0"),

@@ -17,7 +17,8 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
+    """1/true/yes/on or 0/false/no/off (any case); ValueError otherwise. Shared by every settings module."""
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
@@ -104,7 +105,7 @@ class Settings:
             host=env.get("AIHUB_HOST", str, cls.host),
             port=env.get("AIHUB_PORT", int, cls.port),
             redis_url=env.get("REDIS_URL", str, cls.redis_url),
-            redis_cluster=env.get("REDIS_CLUSTER", _bool, False),
+            redis_cluster=env.get("REDIS_CLUSTER", parse_bool, False),
             catalog_path=env.get("AIHUB_CATALOG", Path, ROOT / "config" / "catalog.toml"),
             upstream_urls={k: v.rstrip("/") for k, v in urls.items()},
             upstream_keys=keys,
@@ -112,7 +113,7 @@ class Settings:
             connect_timeout_s=env.get("AIHUB_CONNECT_TIMEOUT_S", float, cls.connect_timeout_s),
             read_timeout_s=env.get("AIHUB_READ_TIMEOUT_S", float, cls.read_timeout_s),
             upstream_pool_size=env.get("AIHUB_UPSTREAM_POOL_SIZE", int, cls.upstream_pool_size),
-            quota_checks=env.get("AIHUB_QUOTA_CHECKS", _bool, True),
+            quota_checks=env.get("AIHUB_QUOTA_CHECKS", parse_bool, True),
             redis_failure_policy=env.choice("AIHUB_REDIS_FAILURE_POLICY", ("closed", "open"), "closed"),
             redis_timeout_s=env.get("AIHUB_REDIS_TIMEOUT_S", float, cls.redis_timeout_s),
             spool_dir=env.get("AIHUB_SPOOL_DIR", Path, ROOT / ".var" / "spool"),

@@ -40,23 +40,23 @@ class Spool:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return self._file
 
+    @staticmethod
+    def _write(handle: IO[bytes], keys: list[str], args: list[Any], **extra: str) -> None:
+        """One settle call as a JSON line, on disk (fsynced) before this returns."""
+        handle.write(orjson.dumps({"keys": keys, "args": [str(a) for a in args], **extra}) + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
     def append(self, keys: list[str], args: list[Any]) -> None:
-        line = orjson.dumps({"keys": keys, "args": [str(a) for a in args]}) + b"\n"
         with self._lock:
-            handle = self._open()
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+            self._write(self._open(), keys, args)
             self.pending += 1
 
     def append_rejected(self, keys: list[str], args: list[Any], reason: str) -> None:
         """A settle Redis refused as malformed: kept for a person, never replayed automatically."""
-        line = orjson.dumps({"keys": keys, "args": [str(a) for a in args], "reason": reason}) + b"\n"
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._lock, open(self.directory / "rejected.jsonl", "ab") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+            self._write(handle, keys, args, reason=reason)
 
     def _rotate(self) -> None:
         with self._lock:

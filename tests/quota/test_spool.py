@@ -1,0 +1,27 @@
+"""The spool: settles Redis could not take are replayed once; ones the script refuses are kept apart."""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.catalog import Catalog
+from tests.quota.conftest import EngineFactory, sync_store
+from tests.quota.test_engine import OK, account, rid
+
+
+async def test_replay_settles_once_and_keeps_refused_lines_apart(make_engine: EngineFactory, catalog: Catalog,
+                                                                 redis_url: str) -> None:
+    engine = make_engine(catalog)
+    account_id, key = account(sync_store(redis_url, catalog), "pro")
+    admission = await engine.admit(key, catalog.models["gpt-4o-mini"], rid(), True)
+    keys, args = engine.settle_args(admission, OK, 1)
+    engine.spool.append(keys, args)
+    engine.spool.append(keys, args)                       # spooled twice: counted once
+    engine.spool.append(keys[:2], ["broken"])             # wrong arity: settle.lua refuses it
+    assert await engine.replay_spool() == 3
+    assert engine.spool.files() == []
+    store = sync_store(redis_url, catalog)
+    assert store.client.hget(engine.account_keys(account_id).quota("2026-11"), "used") == b"1"
+    [rejected] = (engine.spool.directory / "rejected.jsonl").read_bytes().splitlines()
+    entry = orjson.loads(rejected)
+    assert entry["args"] == ["broken"] and entry["reason"]
