@@ -54,6 +54,13 @@ class Proxy:
         if self.settings.quota_checks and admission.billable:
             self.engine.settle_soon(admission, usage)
 
+    def model_named(self, name: str) -> Model:
+        model = self.catalog.models.get(name)
+        if model is None:
+            raise errors.NotFound(f"The model `{name}` does not exist or you do not have access to it.",
+                                  code="model_not_found", param="model")
+        return model
+
     def plan_allows(self, plan: str, model: Model) -> bool:
         found = self.catalog.plans.get(plan)
         return found is not None and model.tier in found.model_tiers
@@ -65,10 +72,7 @@ class Proxy:
             body = await read_body(request, self.settings.max_body_bytes)
             payload = json_object(body)
             name = model_name(payload)
-            model = self.catalog.models.get(name)
-            if model is None:
-                raise errors.NotFound(f"The model `{name}` does not exist or you do not have access to it.",
-                                      code="model_not_found", param="model")
+            model = self.model_named(name)
         except errors.GatewayError:
             await self.auth_cache.plan_of(key)   # a bad key is told 401 before anything about its body
             raise
@@ -88,18 +92,19 @@ class Proxy:
     async def passthrough(self, request: Request) -> Response:
         """Other /v1/* paths go to the default upstream; a body that names a known model is billed."""
         key = presented_key(request.headers)
-        body = await read_body(request, self.settings.max_body_bytes)
         model: Model | None = None
-        if body and request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                named = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                named = None
-            if isinstance(named, dict) and isinstance(named.get("model"), str):
-                model = self.catalog.models.get(named["model"])
-                if model is None:
-                    raise errors.NotFound(f"The model `{named['model']}` does not exist.",
-                                          code="model_not_found", param="model")
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+            if body and request.headers.get("content-type", "").startswith("application/json"):
+                try:
+                    named = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    named = None
+                if isinstance(named, dict) and isinstance(named.get("model"), str):
+                    model = self.model_named(named["model"])
+        except errors.GatewayError:
+            await self.auth_cache.plan_of(key)   # a bad key is told 401 before anything about its body
+            raise
         admission = await self.admit(key, model, billable=model is not None)
         upstream = model.upstream if model else self.upstreams.default
         return await self.forward(request, admission, upstream, body, False, False, model)

@@ -34,9 +34,12 @@ def sdk(gateway: GatewayThread, api_key: str, **kwargs: Any) -> openai.OpenAI:
     return client
 
 
-def raw(gateway: GatewayThread, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", gateway.settings.port, timeout=10)
+def raw(gateway: GatewayThread | str, method: str, path: str, body: bytes | None = None,
+        headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request to a gateway (a thread, or any base URL such as a gateway process's)."""
+    base = gateway if isinstance(gateway, str) else gateway.url
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -253,6 +256,11 @@ def test_other_v1_paths_pass_through(gateway: GatewayThread, pro_key: str) -> No
     status, _, body = raw(gateway, "GET", "/v1/files", headers={"Authorization": f"Bearer {pro_key}"})
     assert status == 200 and json.loads(body) == {"object": "echo", "path": "/v1/files", "method": "GET"}
     assert raw(gateway, "GET", "/v1/files")[0] == 401
+    unknown = json.dumps({"model": "gpt-9-imaginary", "input": "x"}).encode()
+    json_type = {"Content-Type": "application/json"}
+    assert raw(gateway, "POST", "/v1/responses", unknown, {"Authorization": f"Bearer {pro_key}", **json_type})[0] == 404
+    assert raw(gateway, "POST", "/v1/responses", unknown,
+               {"Authorization": f"Bearer sk-ah_nosuch_acct0000_{'x' * 30}", **json_type})[0] == 401
 
 
 def test_health_readiness_and_metrics(gateway: GatewayThread, pro_key: str) -> None:

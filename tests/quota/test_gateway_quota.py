@@ -33,18 +33,10 @@ HUGE_RATE = {"rate_per_minute": 10**7, "burst": 10**6}
 
 
 def post_chat(url: str, key: str, headers: dict[str, str] | None = None) -> int:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request("POST", "/v1/chat/completions",
-                     body=json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode(),
-                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                              **(headers or {})})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode()
+    return raw(url, "POST", "/v1/chat/completions", body,
+               {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {})},
+               timeout=30)[0]
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> None:
