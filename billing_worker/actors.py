@@ -16,7 +16,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from billing_worker.clickhouse import ClickHouse
-from billing_worker.drain import drain_once
+from billing_worker.drain import DrainStats, drain_once
 from billing_worker.errors import ClickHouseUnavailable, ConfigError, StreamError
 from billing_worker.settings import Settings
 
@@ -66,13 +66,20 @@ def _retry_when(retries: int, exc: BaseException) -> bool:
                 time_limit=3_600_000)
 def drain_usage() -> None:
     """Drain the usage streams once; a drain already running in this process makes this a no-op."""
-    if not _drain_lock.acquire(blocking=False):
+    stats = drain_now(wait=False)
+    if stats is None:
         log.info("a drain is already running in this process")
-        return
+    elif stats.read:
+        log.info("drained %s", stats.as_dict())
+
+
+def drain_now(wait: bool) -> DrainStats | None:
+    """One drain in this thread; None when another one runs in this process and `wait` is false (with
+    `wait`, after that one ends: the last drain of a stop)."""
+    if not _drain_lock.acquire(blocking=wait):
+        return None
     try:
         client, ch = resources()
-        stats = drain_once(client, ch, settings)
-        if stats.read:
-            log.info("drained %s", stats.as_dict())
+        return drain_once(client, ch, settings)
     finally:
         _drain_lock.release()

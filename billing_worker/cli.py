@@ -7,6 +7,7 @@ Settings are read once from the environment (billing_worker.settings); exit code
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,8 +27,9 @@ from billing_worker.periods import check_period, current_period
 from billing_worker.progress import ProgressBar
 from billing_worker.quota_counters import current_usage
 from billing_worker.settings import Settings
-from billing_worker.usage_queries import account_totals, cost_by_model, usage_by_day, usage_by_key
-from gateway.keys import usage_streams
+from billing_worker.usage_queries import account_totals, cost_by_model, has_usage, usage_by_day, usage_by_key
+from gateway.keys import ID_RE, AccountKeys, usage_streams
+from gateway.runtime import stack_environ
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--account", default=None)
     a.add_argument("--factor", type=float, default=None)
     a.add_argument("--window", type=int, default=None, help="trailing window in days")
+    a.add_argument("--json", action="store_true", help="a JSON list (empty when there are none)")
     sub.add_parser("worker", help="run the worker role: migrations, Dramatiq worker and drain scheduler")
     r = sub.add_parser("rollup", help="recompute the daily rollup table of a period")
     r.add_argument("--period", required=True)
@@ -108,15 +111,29 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _account_in_redis(client: redis.Redis | redis.RedisCluster, acct: str, shards: int) -> bool | None:
+    """Whether the gateway knows the account (its hash exists); None when Redis cannot tell."""
+    try:
+        return bool(client.exists(AccountKeys(acct, shards).account))
+    except redis.RedisError:
+        return None
+
+
 def _usage_report(settings: Settings, acct: str, period: str) -> dict[str, Any]:
+    if not ID_RE.match(acct):
+        raise InvalidArgument(f"{acct!r} is not an account id (4 to 32 lowercase letters or digits)")
     report: dict[str, Any] = {"account": acct, "period": period}
     with _redis(settings) as client:
+        known = _account_in_redis(client, acct, settings.shards)
         try:
             live = current_usage(client, acct, period, settings.shards)
             report["current"] = asdict(live) | {"cost": format_money(live.cost_nanos)}
         except BillingWorkerError as exc:
             report["current"] = {"error": str(exc)}
     with ClickHouse(settings.clickhouse_url) as ch:
+        if not known and not has_usage(ch, acct):
+            where = f"not in Redis at {settings.redis_url}" if known is False else "Redis not reachable"
+            raise InvalidArgument(f"unknown account {acct!r}: {where}, and no usage of it in ClickHouse")
         totals = account_totals(ch, period, acct)
         report["history"] = {
             "totals": line_record(totals[0]) if totals else None,
@@ -181,6 +198,11 @@ def cmd_anomalies(settings: Settings, args: argparse.Namespace) -> int:
                                 factor=args.factor or settings.anomaly_factor,
                                 window_days=args.window or settings.anomaly_window_days,
                                 min_calls=settings.anomaly_min_calls)
+    if args.json:
+        print(orjson.dumps([asdict(x) for x in found], default=str).decode())
+        return 0
+    if not found:
+        print(f"no anomalies for {args.account + ' in ' if args.account else ''}{args.period}")
     for x in found:
         print(f"{x.acct}\t{x.day}\t{x.calls} calls\t{x.ratio}x trailing average {x.trailing_avg}")
     return 0
@@ -193,18 +215,26 @@ def cmd_rollup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    # the actors module reads its settings from the environment when imported: the same addresses
+    os.environ.update({"REDIS_URL": settings.redis_url, "CLICKHOUSE_URL": settings.clickhouse_url})
     from billing_worker.embedded import run_worker
-    return run_worker()
+    return run_worker(settings)
 
 
 COMMANDS = {"worker": cmd_worker, "drain": cmd_drain, "migrate": cmd_migrate, "usage": cmd_usage, "export": cmd_export,
             "anomalies": cmd_anomalies, "rollup": cmd_rollup}
 
 
+USES_REDIS = ("worker", "drain", "usage")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        environ, source = stack_environ(os.environ)   # REDIS_URL, else a running `make up`, else defaults
+        settings = Settings.from_env(environ)
+        if args.command in USES_REDIS:
+            print(f"billing_worker: using Redis {settings.redis_url} ({source})", file=sys.stderr)
         return COMMANDS[args.command](settings, args)
     except (ConfigError, InvalidArgument) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,6 +3,10 @@ scheduler that enqueues the usage drain every AIHUB_DRAIN_INTERVAL_S.
 
 `make up` runs it inside the gateway process (with chDB only one process may own the data directory);
 `python -m billing_worker worker` runs it alone (docker-compose, or beside gateway processes).
+
+Stopping, in this order, while Redis is still up: the scheduler, the Dramatiq worker (the drain it may be
+running finishes), then one last drain of the usage streams in this thread, so that every usage row
+settled before the stop is in ClickHouse; the caller stops its Redis only afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Iterator
 from dramatiq import Worker
 
 from billing_worker.clickhouse import ClickHouse
+from billing_worker.errors import BillingWorkerError
 from billing_worker.migrate import migrate
 from billing_worker.settings import Settings
 
@@ -59,15 +64,30 @@ def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
     finally:
         scheduler.stop()
         worker.stop(timeout=30_000)
-        actors.close_resources()
+        try:
+            last_drain()
+        finally:
+            actors.close_resources()
 
 
-def run_worker() -> int:
-    """Runs the worker role until SIGINT or SIGTERM."""
+def last_drain() -> None:
+    """Drains the usage streams once more, after the Dramatiq worker stopped (the stop's last step)."""
+    from billing_worker import actors
+    try:
+        stats = actors.drain_now(wait=True)
+    except BillingWorkerError as exc:     # the rows stay pending in Redis for the next drain
+        log.warning("last drain before stopping failed, rows stay pending: %s", exc)
+        return
+    if stats is not None:
+        log.info("last drain before stopping: %s", stats.as_dict())
+
+
+def run_worker(settings: Settings | None = None) -> int:
+    """Runs the worker role until SIGINT or SIGTERM, then stops as `embedded_worker` does."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    with embedded_worker():
+    with embedded_worker(settings):
         done.wait()
     return 0

@@ -32,9 +32,10 @@ _RID = r"[A-Za-z0-9_-]{8,64}"
 _PERIOD = r"20[0-9]{2}-(?:0[1-9]|1[0-2])"
 _TEXT = r"[\x20-\x5b\x5d-\x7e]"  # printable ASCII without the backslash: nothing to escape
 _INT = r"[0-9]{1,18}"
+_UINT8 = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"   # calls and overage calls of one request
 _FAST = re.compile(
     (rf"{_RID}\t{_TEXT}{{1,256}}\t{_TEXT}{{1,256}}\t{_TEXT}{{1,256}}\t{_TEXT}{{1,256}}\t{_TEXT}{{0,256}}\t"
-     rf"{_PERIOD}\t(?:{'|'.join(OUTCOMES)})\t[0-9]{{1,15}}\t[0-9]{{1,15}}\t[0-9]{{1,3}}\t[01]\t[01]\t"
+     rf"{_PERIOD}\t(?:{'|'.join(OUTCOMES)})\t[0-9]{{1,15}}\t[0-9]{{1,15}}\t[0-9]{{1,3}}\t{_UINT8}\t{_UINT8}\t"
      rf"{_INT}\t{_INT}\t{_INT}\t{_INT}\t{_INT}\t{_INT}\t[0-9]{{1,20}}-[0-9]{{1,20}}").encode())
 _fast_match = _FAST.fullmatch
 
@@ -111,6 +112,12 @@ def _number(field: str, raw: bytes, digits: int, allowed: tuple[bytes, ...] = ()
     return raw
 
 
+def _calls(field: str, raw: bytes) -> bytes:
+    if re.fullmatch(_UINT8.encode(), raw) is None:
+        raise _bad(field, "an integer from 0 to 255", raw)
+    return raw
+
+
 def _slow_row(stream_id: bytes, flat: Sequence[bytes]) -> bytes:
     if len(flat) % 2:
         raise InvalidUsageEntry("entry has an odd number of field/value items")
@@ -130,8 +137,7 @@ def _slow_row(stream_id: bytes, flat: Sequence[bytes]) -> bytes:
         v["rid"], _text("acct", v["acct"]), _text("key", v["key"]), _text("plan", v["plan"]),
         _text("model", v["model"]), _text("upstream", v["upstream"], allow_empty=True), v["period"], v["outcome"],
         _number("ts_start_ms", v["ts_start_ms"], 15), _number("ts_end_ms", v["ts_end_ms"], 15),
-        _number("status", v["status"], 3), _number("calls", v["calls"], 1, (b"0", b"1")),
-        _number("overage", v["overage"], 1, (b"0", b"1")),
+        _number("status", v["status"], 3), _calls("calls", v["calls"]), _calls("overage", v["overage"]),
         *(_number(f, v[f], 18) for f in ("pt", "ct", "cached", "reasoning", "cost_nanos", "latency_ms")),
         stream_id,
     ]

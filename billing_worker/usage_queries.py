@@ -86,6 +86,14 @@ def usage_lines(ch: ClickHouse, period: str, *, acct: str | None = None, by: Seq
     ]
 
 
+def has_usage(ch: ClickHouse, acct: str) -> bool:
+    """Whether any usage row of `acct` was ever loaded, in any period."""
+    if not acct:
+        raise InvalidArgument("account id must not be empty")
+    rows = ch.query("SELECT 1 FROM usage_rows WHERE acct = {acct:String} LIMIT 1", {"acct": acct})
+    return bool(rows)
+
+
 def account_totals(ch: ClickHouse, period: str, acct: str | None = None) -> list[UsageLine]:
     """One line per account: the period's calls, tokens and list cost."""
     return usage_lines(ch, period, acct=acct, by=())

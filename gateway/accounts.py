@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import redis
 
-from gateway.catalog import Catalog
-from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.catalog import Catalog, Plan
+from gateway.errors import InvalidRequest, NotFound
 from gateway.keys import ACCOUNTS_SET, ID_RE, AccountKeys, hash_api_key, new_api_key, new_id
+from gateway.quota.periods import Clock
 from gateway.redis_client import text
 
 
@@ -21,10 +22,11 @@ class IssuedKey:
 
 
 class AccountStore:
-    def __init__(self, client: redis.Redis, catalog: Catalog, shards: int) -> None:
+    def __init__(self, client: redis.Redis, catalog: Catalog, shards: int, clock: Clock = time.time) -> None:
         self.client = client
         self.catalog = catalog
         self.shards = shards
+        self.clock = clock   # the gateway's clock: whether a boost ends in the future
 
     def keys(self, account_id: str) -> AccountKeys:
         return AccountKeys(account_id, self.shards)
@@ -100,24 +102,47 @@ class AccountStore:
             raise InvalidRequest("Status is active or suspended.", code="bad_status")
         self.client.hset(self._require(account_id).account, "status", status)
 
+    def _plan_of(self, account_id: str) -> Plan:
+        name = self.get_account(account_id).get("plan", "")
+        plan = self.catalog.plans.get(name)
+        if plan is None:
+            raise InvalidRequest(f"Account {account_id!r} is on plan {name!r}, which is not in the catalog.",
+                                 code="unknown_plan")
+        return plan
+
     def set_custom_quota(self, account_id: str, calls: int | None) -> None:
+        """A custom monthly calls quota (None: the plan's); refused where the plan has no quota to change."""
         keys = self._require(account_id)
-        plan = self.catalog.plans[self.get_account(account_id)["plan"]]
+        plan = self._plan_of(account_id)
+        if calls is not None and plan.unlimited_calls:
+            raise InvalidRequest(f"The {plan.display_name} plan has unlimited calls; a custom quota does not "
+                                 "apply to it.", code="custom_quota_not_allowed")
         if calls is not None and not plan.custom_quota:
-            raise GatewayError(f"The {plan.display_name} plan does not allow a custom quota.",
-                               code="custom_quota_not_allowed")
+            raise InvalidRequest(f"The {plan.display_name} plan does not allow a custom quota.",
+                                 code="custom_quota_not_allowed")
         if calls is not None and calls < 0:
             raise InvalidRequest("A custom quota is a number of calls, zero or more.", code="bad_quota")
         self.client.hset(keys.account, "custom_quota", "" if calls is None else str(calls))
 
     def set_overage(self, account_id: str, enabled: bool) -> None:
-        self.client.hset(self._require(account_id).account, "overage", "1" if enabled else "0")
+        """Pay-as-you-go overage on or off; on is refused unless the plan offers it (`payg_optional`)."""
+        keys = self._require(account_id)
+        if enabled:
+            plan = self._plan_of(account_id)
+            if plan.overage == "hard":
+                raise InvalidRequest(f"The {plan.display_name} plan has no pay-as-you-go overage: calls past its "
+                                     "quota are refused. Change the plan to one that offers it.",
+                                     code="overage_not_allowed")
+            if plan.overage == "unlimited":
+                raise InvalidRequest(f"The {plan.display_name} plan has unlimited calls; there is no overage "
+                                     "to enable.", code="overage_not_allowed")
+        self.client.hset(keys.account, "overage", "1" if enabled else "0")
 
     def add_boost(self, account_id: str, calls: int, until_s: float) -> str:
         keys = self._require(account_id)
         if calls <= 0:
             raise InvalidRequest("A boost adds a positive number of calls.", code="bad_boost")
-        if until_s <= time.time():
+        if until_s <= self.clock():
             raise InvalidRequest("A boost must end in the future.", code="bad_boost")
         boost_id = new_id(8)
         self.client.zadd(keys.boosts, {f"{boost_id}:{calls}": int(until_s * 1000)})

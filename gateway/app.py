@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.auth import AuthCache
@@ -28,11 +32,33 @@ from gateway.settings import Settings
 from gateway.upstream import Upstreams
 
 log = logging.getLogger("aihub.gateway")
-MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
 def error_response(exc: errors.GatewayError) -> Response:
     return Response(exc.body(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id (`scope["aihub.rid"]`, the quota reservation's id) and every response,
+    errors included, an `x-request-id` header carrying it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = "req_" + os.urandom(16).hex()
+        scope["aihub.rid"] = rid
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 async def _every(seconds: float, job: Any, name: str) -> None:
@@ -64,19 +90,17 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
             child = children[labels] = REQUESTS.labels(*labels)
         child.inc()
 
-    def counted(handler: Any, route: str) -> Any:
-        async def endpoint(request: Request) -> Response:
-            status = 500
-            try:
-                response: Response = await handler(request)
-                status = response.status_code
-                return response
-            except errors.GatewayError as exc:
-                status = exc.status
-                return error_response(exc)
-            finally:
-                count(route, status, request.scope.get("aihub.model", ""))
-        return endpoint
+    async def v1(request: Request) -> Response:
+        status = 500
+        try:
+            response: Response = await proxy.handle(request)
+            status = response.status_code
+            return response
+        except errors.GatewayError as exc:
+            status = exc.status
+            return error_response(exc)
+        finally:
+            count(request.scope.get("aihub.route", "unknown"), status, request.scope.get("aihub.model", ""))
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -92,15 +116,18 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
         return Response(render(), media_type="text/plain; version=0.0.4")
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-        return error_response(errors.GatewayError("The gateway hit an internal error; it has been logged."))
+        rid = request.scope.get("aihub.rid", "")
+        log.exception("unhandled error on %s (%s)", request.url.path, rid, exc_info=exc)
+        return error_response(errors.GatewayError(f"The gateway hit an internal error; it was logged under "
+                                                  f"request {rid}.", headers={"x-request-id": rid}))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(errors.NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
 
     async def bad_method(request: Request, exc: Exception) -> Response:
-        return error_response(errors.GatewayError(f"Method {request.method} is not allowed here.",
-                                                  code="method_not_allowed"))
+        allow = (exc.headers or {}).get("Allow", "") if isinstance(exc, HTTPException) else ""
+        return error_response(errors.MethodNotAllowed(f"Method {request.method} is not allowed on "
+                                                      f"{request.url.path}; use {allow}.", headers={"allow": allow}))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -120,16 +147,16 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
             await upstreams.close()
             await client.aclose()
 
-    routes = [Route(path, counted(proxy.model_call, path), methods=["POST"]) for path in MODEL_ROUTES]
-    routes += [
-        Route("/v1/models", counted(proxy.list_models, "/v1/models"), methods=["GET"]),
-        Route("/v1/models/{model:path}", counted(proxy.list_models, "/v1/models"), methods=["GET"]),
-        Route("/v1/{rest:path}", counted(proxy.passthrough, "passthrough"),
-              methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
+    routes = [
+        # every usual method: gateway.endpoints decides (404, 405 with Allow, 403)
+        Route("/v1/{rest:path}", v1, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+        Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)],
                     exception_handlers={Exception: server_error, 404: not_found, 405: bad_method})
+    app.router.redirect_slashes = False   # `/v1/` and `/healthz/` are not paths of ours: 404, not a redirect
     app.state.engine = engine
     app.state.settings = settings
+    app.state.catalog = catalog
     return app

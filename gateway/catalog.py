@@ -16,6 +16,7 @@ MODEL_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")   # no '|': reservation reco
 OVERAGE_POLICIES = ("hard", "payg_optional", "unlimited")
 NANOS_PER_UNIT = 10**9
 MINOR_PER_UNIT = 100
+MAX_CALLS_PER_REQUEST = 255   # usage rows store calls as UInt8
 
 
 def _decimal(where: str, value: Any) -> Decimal:
@@ -42,11 +43,14 @@ class Plan:
     overage_minor_per_call: int
     custom_quota: bool
     support: str
+    max_calls_per_request: int = 1     # n x prompts one request may ask for (400 above it)
+    max_output_tokens: int = 0         # cap on max_tokens / max_completion_tokens / max_output_tokens; 0 = none
 
     def lua_spec(self) -> str:
-        """What admit.lua needs: `included,unlimited,rpm,burst,overage,custom,tier tier ...`."""
+        """What admit.lua needs: `included,unlimited,rpm,burst,overage,custom,max_calls,max_tokens,tier ...`."""
         return (f"{self.included_calls},{int(self.unlimited_calls)},{self.rate_per_minute},{self.burst},"
-                f"{self.overage},{int(self.custom_quota)},{' '.join(self.model_tiers)}")
+                f"{self.overage},{int(self.custom_quota)},{self.max_calls_per_request},{self.max_output_tokens},"
+                f"{' '.join(self.model_tiers)}")
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,12 @@ class Model:
     upstream: str
     input_nanos_per_token: int
     output_nanos_per_token: int
+    nanos_per_call: int = 0            # per image, per speech or transcription call (catalog `per_call`)
 
-    def cost_nanos(self, prompt_tokens: int, completion_tokens: int) -> int:
-        return prompt_tokens * self.input_nanos_per_token + completion_tokens * self.output_nanos_per_token
+    def cost_nanos(self, prompt_tokens: int, completion_tokens: int, calls: int = 1) -> int:
+        """List cost in nano-units of the catalog currency (integers only)."""
+        return (prompt_tokens * self.input_nanos_per_token + completion_tokens * self.output_nanos_per_token
+                + calls * self.nanos_per_call)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,15 @@ def _plan(name: str, raw: dict[str, Any]) -> Plan:
     for needed in ("rate_per_minute", "burst"):
         if not isinstance(raw.get(needed), int) or raw[needed] <= 0:
             raise ConfigError(f"catalog {where}.{needed} must be a positive integer")
+    max_calls = raw.get("max_calls_per_request", 1)
+    if isinstance(max_calls, bool) or not isinstance(max_calls, int) or not 1 <= max_calls <= MAX_CALLS_PER_REQUEST:
+        raise ConfigError(f"catalog {where}.max_calls_per_request must be an integer from 1 to "
+                          f"{MAX_CALLS_PER_REQUEST}")
+    max_tokens = raw.get("max_output_tokens", 0)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise ConfigError(f"catalog {where}.max_output_tokens must be an integer, 0 for no cap")
+    if overage == "unlimited" and not unlimited:
+        raise ConfigError(f"catalog {where}: overage = \"unlimited\" goes with unlimited_calls = true")
     tiers = raw.get("model_tiers")
     if not isinstance(tiers, list) or not tiers or not all(isinstance(t, str) and NAME_RE.match(t) for t in tiers):
         raise ConfigError(f"catalog {where}.model_tiers must be a non-empty list of lowercase names")
@@ -101,6 +117,7 @@ def _plan(name: str, raw: dict[str, Any]) -> Plan:
         overage_minor_per_call=int(_decimal(f"{where}.overage_price_per_call",
                                             raw.get("overage_price_per_call", "0")) * MINOR_PER_UNIT),
         custom_quota=bool(raw.get("custom_quota", False)), support=str(raw.get("support", "")),
+        max_calls_per_request=max_calls, max_output_tokens=max_tokens,
     )
 
 
@@ -117,7 +134,8 @@ def _model(name: str, raw: dict[str, Any], upstreams: tuple[str, ...], tiers: se
                  input_nanos_per_token=int(_decimal(f"{where}.input_per_1m", raw.get("input_per_1m", "0"))
                                            * per_token),
                  output_nanos_per_token=int(_decimal(f"{where}.output_per_1m", raw.get("output_per_1m", "0"))
-                                            * per_token))
+                                            * per_token),
+                 nanos_per_call=int(_decimal(f"{where}.per_call", raw.get("per_call", "0")) * NANOS_PER_UNIT))
 
 
 def load_catalog(path: Path) -> Catalog:

@@ -13,7 +13,8 @@ import redis
 from gateway.accounts import AccountStore
 from gateway.catalog import load_catalog
 from gateway.errors import ConfigError, GatewayError
-from gateway.settings import Settings
+from gateway.runtime import stack_environ
+from gateway.settings import Settings, environment
 
 
 def _until(value: str) -> float:
@@ -113,10 +114,19 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
         _print({"boost": boost_id, "calls": args.calls, "until": args.until})
 
 
+ROLES = ("serve", "up")   # configured by their environment alone; the admin commands find a running stack
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(args, Settings.from_env())
+        if args.command in ROLES:
+            settings = Settings.from_env()
+        else:
+            environ, source = stack_environ(environment())
+            settings = Settings.from_env(environ)
+            sys.stderr.write(f"aihub: using Redis {settings.redis_url} ({source})\n")
+        run(args, settings)
     except (ConfigError, GatewayError, ValueError) as exc:
         sys.stderr.write(f"aihub: {exc}\n")
         return 2

@@ -1,9 +1,15 @@
-"""The proxy endpoints: model calls (admit, forward, relay, settle) and the /v1 pass-through."""
+"""The `/v1` endpoints: look the request up in the allow-list, admit, forward, relay, settle.
+
+Per request: the plain path (gateway.paths) and the endpoint (gateway.endpoints) first, then the key, then
+the body is parsed as the endpoint's type says (JSON whatever the Content-Type; a multipart form), its fields
+checked, the model and the calls asked for read; admit.lua decides; the upstream receives exactly the path
+and the body that were checked, re-encoded by the gateway; settle counts what was admitted.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 import time
 from typing import Any
 
@@ -16,17 +22,22 @@ from gateway import errors
 from gateway.auth import AuthCache, presented_key
 from gateway.body import json_object, model_name, read_body
 from gateway.catalog import Catalog, Model
-from gateway.headers import request_headers, response_headers
+from gateway.endpoints import Endpoint, check_fields, lookup, requested_max_tokens
+from gateway.forms import parse_form
+from gateway.headers import FORWARDED, NEVER_FORWARDED, request_headers, response_headers
 from gateway.keys import ParsedKey
 from gateway.metrics import UPSTREAM_LATENCY
+from gateway.paths import plain_path
 from gateway.quota.admission import Admission, Usage
 from gateway.quota.engine import QuotaEngine
-from gateway.relay import body_usage, elapsed_ms, json_error_message, relay_sse
+from gateway.relay import body_usage, elapsed_ms, relay_sse
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
 from gateway.usage import TokenCounts
 
-STREAMABLE = ("/v1/chat/completions", "/v1/completions")
+log = logging.getLogger("aihub.proxy")
+JSON = "application/json"
+HIDDEN_STATUSES = frozenset({401, 403, 429})   # with 5xx: the upstream's text is logged, never relayed
 
 
 class Proxy:
@@ -37,18 +48,19 @@ class Proxy:
         self.engine = engine
         self.upstreams = upstreams
         self.auth_cache = auth_cache
+        self.forwarded = FORWARDED | (settings.forward_headers - NEVER_FORWARDED)
 
     # -- admission ----------------------------------------------------------------------------------
-    async def admit(self, key: ParsedKey, model: Model | None, billable: bool) -> Admission:
-        rid = "req_" + os.urandom(16).hex()
+    async def admit(self, key: ParsedKey, rid: str, model: Model | None, billable: bool, calls: int = 1,
+                    max_tokens: int = 0) -> Admission:
         if self.settings.quota_checks:
-            return await self.engine.admit(key, model, rid, billable)
+            return await self.engine.admit(key, model, rid, billable, calls, max_tokens)
         plan = await self.auth_cache.plan_of(key)
         now = time.time()
         return Admission(rid=rid, key=key, keys=self.engine.account_keys(key.account_id),
                          period=self.engine.periods.at(now), ts_start_ms=int(now * 1000), billable=False,
                          model=model.name if model else "", upstream=model.upstream if model else "",
-                         plan=plan)
+                         plan=plan, calls=0)
 
     def settle(self, admission: Admission, usage: Usage) -> None:
         if self.settings.quota_checks and admission.billable:
@@ -65,110 +77,104 @@ class Proxy:
         found = self.catalog.plans.get(plan)
         return found is not None and model.tier in found.model_tiers
 
-    # -- endpoints ----------------------------------------------------------------------------------
-    async def model_call(self, request: Request) -> Response:
+    # -- the /v1 dispatcher -------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        rid: str = request.scope["aihub.rid"]
+        endpoint, param = lookup(request.method, plain_path(request.scope))
+        request.scope["aihub.route"] = endpoint.path
         key = presented_key(request.headers)
+        if endpoint.kind == "local":
+            return await self.models(key, rid, param or None)
+        billed = endpoint.kind == "billed"
         try:
+            if request.url.query:
+                raise errors.InvalidRequest(f"{endpoint.path} takes no query parameters.", code="unknown_parameter")
             body = await read_body(request, self.settings.max_body_bytes)
-            payload = json_object(body)
-            name = model_name(payload)
-            model = self.model_named(name)
+            form = None
+            if endpoint.body == "multipart":
+                form = await parse_form(request.scope, body, endpoint.repeated)
+                payload: dict[str, Any] = form.fields
+            else:
+                payload = json_object(body)
+            check_fields(endpoint, payload)
+            model = self.model_named(model_name(payload)) if billed else None
+            calls = endpoint.calls(payload) if billed else 0
+            max_tokens = requested_max_tokens(endpoint, payload)
         except errors.GatewayError:
             await self.auth_cache.plan_of(key)   # a bad key is told 401 before anything about its body
             raise
+        streaming = bool(endpoint.stream) and payload.get("stream") is True
         strip_usage = False
-        streaming = payload.get("stream") is True and request.url.path in STREAMABLE
-        if streaming:
+        if streaming and endpoint.stream == "chat":
             options = payload.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage") is True):
-                payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                             "include_usage": True}
-                body = orjson.dumps(payload)
+            if not isinstance(options, dict) or options.get("include_usage") is not True:
+                payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                 strip_usage = True
-        admission = await self.admit(key, model, billable=True)
-        request.scope["aihub.model"] = name   # for the requests metric
-        return await self.forward(request, admission, model.upstream, body, streaming, strip_usage, model)
+        admission = await self.admit(key, rid, model, billed, calls, max_tokens)
+        if model is not None:
+            request.scope["aihub.model"] = model.name   # for the requests metric
+        if form is not None:
+            return await self.forward(request, endpoint, admission, form.encoded(), None, False, False, model)
+        self._cap_output_tokens(endpoint, payload, admission, max_tokens)
+        return await self.forward(request, endpoint, admission, orjson.dumps(payload), JSON, streaming,
+                                  strip_usage, model)
 
-    async def passthrough(self, request: Request) -> Response:
-        """Other /v1/* paths go to the default upstream; a body that names a known model is billed."""
-        key = presented_key(request.headers)
-        model: Model | None = None
-        try:
-            body = await read_body(request, self.settings.max_body_bytes)
-            if body and request.headers.get("content-type", "").startswith("application/json"):
-                try:
-                    named = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    named = None
-                if isinstance(named, dict) and isinstance(named.get("model"), str):
-                    model = self.model_named(named["model"])
-        except errors.GatewayError:
-            await self.auth_cache.plan_of(key)   # a bad key is told 401 before anything about its body
-            raise
-        admission = await self.admit(key, model, billable=model is not None)
-        upstream = model.upstream if model else self.upstreams.default
-        return await self.forward(request, admission, upstream, body, False, False, model)
+    def _cap_output_tokens(self, endpoint: Endpoint, payload: dict[str, Any], admission: Admission,
+                           asked: int) -> None:
+        """A plan with an output-token cap: a request that gives no limit gets the cap (admit refused above it)."""
+        plan = self.catalog.plans.get(admission.plan)
+        if asked == 0 and endpoint.token_limits and plan is not None and plan.max_output_tokens:
+            payload[endpoint.token_limits[0]] = plan.max_output_tokens
 
-    async def list_models(self, request: Request) -> Response:
-        key = presented_key(request.headers)
-        admission = await self.admit(key, None, billable=False)
-        created = 1_700_000_000
-        data = [{"id": m.name, "object": "model", "created": created, "owned_by": m.upstream}
-                for m in self.catalog.models.values() if self.plan_allows(admission.plan, m)]
-        wanted = request.path_params.get("model")
+    async def models(self, key: ParsedKey, rid: str, wanted: str | None) -> Response:
+        """GET /v1/models (the plan's models) and /v1/models/{model} (403 outside the plan, as model routes)."""
+        admission = await self.admit(key, rid, None, billable=False)
         if wanted is not None:
-            match = [m for m in data if m["id"] == wanted]
-            if not match:
-                raise errors.NotFound(f"The model `{wanted}` does not exist or you do not have access to it.",
-                                      code="model_not_found")
-            return Response(orjson.dumps(match[0]), media_type="application/json",
-                            headers=admission.headers())
-        return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json",
+            model = self.model_named(wanted)
+            if not self.plan_allows(admission.plan, model):
+                raise errors.PermissionDenied(f"The model `{wanted}` is not available on the {admission.plan} plan.",
+                                              param="model")
+            return Response(orjson.dumps(self._model_object(model)), media_type=JSON, headers=admission.headers())
+        data = [self._model_object(m) for m in self.catalog.models.values() if self.plan_allows(admission.plan, m)]
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON,
                         headers=admission.headers())
 
+    @staticmethod
+    def _model_object(model: Model) -> dict[str, Any]:
+        return {"id": model.name, "object": "model", "created": 1_700_000_000, "owned_by": model.upstream}
+
     # -- forwarding ---------------------------------------------------------------------------------
-    async def forward(self, request: Request, admission: Admission, upstream: str, body: bytes,
-                      streaming: bool, strip_usage: bool, model: Model | None) -> Response:
-        headers = request_headers(request.scope["headers"], self.upstreams.keys.get(upstream), admission.rid)
+    async def forward(self, request: Request, endpoint: Endpoint, admission: Admission, body: Any,
+                      content_type: str | None, streaming: bool, strip_usage: bool, model: Model | None) -> Response:
+        upstream = model.upstream if model else self.upstreams.default
+        headers = request_headers(request.scope["headers"], self.upstreams.keys.get(upstream), admission.rid,
+                                  content_type, self.forwarded)
         started = time.perf_counter()
         try:
-            response = await self.upstreams.request(upstream, request.method, request.url.path,
-                                                    request.url.query, headers, body)
+            response = await self.upstreams.request(upstream, request.method, endpoint.path, headers, body)
         except asyncio.CancelledError:
             self.settle(admission, Usage(False, "client_cancel", 0, latency_ms=elapsed_ms(started)))
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError):
             self.settle(admission, Usage(False, "upstream_error", 504, latency_ms=elapsed_ms(started)))
-            raise errors.UpstreamTimeout(f"The upstream `{upstream}` did not answer in time.") from None
+            raise errors.UpstreamTimeout(f"The upstream did not answer in time (request {admission.rid}).") from None
         except aiohttp.ClientError as exc:
             self.settle(admission, Usage(False, "upstream_error", 502, latency_ms=elapsed_ms(started)))
-            raise errors.UpstreamError(f"The upstream `{upstream}` could not be reached: "
-                                       f"{type(exc).__name__}.") from None
+            log.warning("upstream %s unreachable for %s: %r", upstream, admission.rid, exc)
+            raise errors.UpstreamError(f"The upstream could not be reached (request {admission.rid}).") from None
         latency = elapsed_ms(started)
         UPSTREAM_LATENCY.labels(upstream).observe(latency / 1000)
         out_headers = response_headers(response.headers.items()) | admission.headers()
-        out_headers["x-request-id"] = admission.rid
         status = response.status
 
         def finish(outcome: str, tokens: TokenCounts | None) -> None:
-            self.settle(admission, self.usage_of(status, outcome, tokens, model, latency))
+            self.settle(admission, self.usage_of(admission, status, outcome, tokens, model, latency))
 
-        if status >= 500 or status in (401, 403):
-            try:
-                raw = await response.read()
-            except (TimeoutError, aiohttp.ClientError):
-                raw = b""
-            finally:
-                response.close()
-            finish("upstream_error", None)
-            detail = json_error_message(raw) or raw[:200].decode("utf-8", "replace")
-            raise errors.UpstreamError(f"The upstream `{upstream}` failed with HTTP {status}: {detail}",
-                                       headers={"x-request-id": admission.rid})
+        if status >= 500 or status in HIDDEN_STATUSES:
+            await self._hidden_failure(response, upstream, admission, finish)
         if streaming and status == 200 and "text/event-stream" in response.headers.get("content-type", ""):
             return StreamingResponse(relay_sse(response, strip_usage, finish), status_code=status,
                                      headers=out_headers, media_type="text/event-stream")
-        if not streaming and model is None:
-            return StreamingResponse(self._raw(response, finish), status_code=status, headers=out_headers)
         try:
             raw = await response.read()
         except asyncio.CancelledError:
@@ -178,32 +184,42 @@ class Proxy:
         except (TimeoutError, aiohttp.ClientError):
             response.close()
             finish("upstream_error", None)
-            raise errors.UpstreamError(f"The upstream `{upstream}` broke off its answer.") from None
+            raise errors.UpstreamError(f"The upstream broke off its answer (request {admission.rid}).") from None
         response.release()
         finish("ok" if status < 400 else "upstream_error", body_usage(raw) if status < 400 else None)
         return Response(raw, status_code=status, headers=out_headers)
 
-    @staticmethod
-    async def _raw(response: aiohttp.ClientResponse, finish: Any) -> Any:
-        outcome = "client_cancel"
+    async def _hidden_failure(self, response: aiohttp.ClientResponse, upstream: str, admission: Admission,
+                              finish: Any) -> None:
+        """An upstream 401/403/429/5xx: its text may name the operator's key or organization, so the client gets
+        a fixed message with the request id and the text goes to the log."""
         try:
-            async for chunk in response.content.iter_any():
-                yield chunk
-            outcome = "ok"
+            raw = await response.read()
         except (TimeoutError, aiohttp.ClientError):
-            outcome = "upstream_error"
+            raw = b""
         finally:
             response.close()
-            finish(outcome, None)
+        finish("upstream_error", None)
+        status = response.status
+        log.warning("upstream %s answered HTTP %d to %s: %s", upstream, status, admission.rid,
+                    raw[:500].decode("utf-8", "replace"))
+        if status == 429:
+            retry = response.headers.get("retry-after", "1")
+            raise errors.RateLimited(f"The model provider is rate limiting this gateway; retry shortly (request "
+                                     f"{admission.rid}).", code="upstream_rate_limited",
+                                     headers={"retry-after": retry if retry.isdigit() else "1"})
+        raise errors.UpstreamError(f"The upstream failed with HTTP {status}; the details were logged under request "
+                                   f"{admission.rid}.")
 
-    def usage_of(self, status: int, outcome: str, tokens: TokenCounts | None, model: Model | None,
+    @staticmethod
+    def usage_of(admission: Admission, status: int, outcome: str, tokens: TokenCounts | None, model: Model | None,
                  latency_ms: int) -> Usage:
         """Billing policy: a call is billed when the upstream answered 2xx and began serving it, even if
         the client went away or the stream broke off later; tokens are those the upstream reported.
         Upstream errors (4xx, 5xx, timeouts, refused connections) are released, not billed."""
         billable = 200 <= status < 300
         counts = tokens or TokenCounts()
-        cost = model.cost_nanos(counts.prompt, counts.completion) if (model and billable) else 0
+        cost = model.cost_nanos(counts.prompt, counts.completion, admission.calls) if (model and billable) else 0
         return Usage(billable=billable, outcome=outcome, status=status, prompt_tokens=counts.prompt,
                      completion_tokens=counts.completion, cached_tokens=counts.cached,
                      reasoning_tokens=counts.reasoning, cost_nanos=cost, latency_ms=latency_ms)

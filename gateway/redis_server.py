@@ -61,6 +61,7 @@ class RedisServer:
     port: int = 0
     workdir: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    detached: bool = False   # own session: a terminal's Ctrl-C reaches its owner, which stops it last
     proc: subprocess.Popen[bytes] | None = None
     _owned_dir: bool = False
 
@@ -81,7 +82,8 @@ class RedisServer:
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
                 "--loglevel", "warning", *self.extra_args]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=self.detached)
         _wait_ready(self.port, self.proc)
         return self
 

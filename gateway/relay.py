@@ -12,11 +12,18 @@ import orjson
 from gateway.sse import SSESplitter, event_json
 from gateway.usage import TokenCounts, parse_usage
 
-BROKEN_STREAM = b'data: {"error": {"message": "The upstream broke off the stream; the answer is incomplete.", ' \
-                b'"type": "api_error", "param": null, "code": "upstream_error"}}\n\n'
 BROKEN_STREAM = (b'event: error\ndata: {"error": {"message": "The upstream broke off the stream; the answer is '
                  b'incomplete.", "type": "api_error", "param": null, "code": "upstream_error"}}\n\n')
 Finish = Callable[[str, TokenCounts | None], None]   # (outcome, tokens) -> settle
+
+
+def usage_field(payload: dict[str, Any]) -> Any:
+    """The `usage` object of a response body or stream event: top level (chat, completions, embeddings, images,
+    audio) or inside `response` (the Responses API's body-less events: response.completed, .incomplete, .failed)."""
+    usage = payload.get("usage")
+    if usage is None and isinstance(payload.get("response"), dict):
+        usage = payload["response"].get("usage")
+    return usage
 
 
 def body_usage(body: bytes) -> TokenCounts | None:
@@ -24,7 +31,7 @@ def body_usage(body: bytes) -> TokenCounts | None:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return parse_usage(payload.get("usage")) if isinstance(payload, dict) else None
+    return parse_usage(usage_field(payload)) if isinstance(payload, dict) else None
 
 
 def _is_usage_event(event: bytes) -> bool:
@@ -48,7 +55,7 @@ async def relay_sse(response: aiohttp.ClientResponse, strip_usage_chunk: bool,
                 if _is_usage_event(event):
                     payload = event_json(event)
                     if payload is not None:
-                        tokens = parse_usage(payload.get("usage")) or tokens
+                        tokens = parse_usage(usage_field(payload)) or tokens
                         if strip_usage_chunk and not payload.get("choices"):
                             continue
                 out.append(event)

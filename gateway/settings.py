@@ -40,6 +40,37 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment (or `environ`) over the values of the file named by AIHUB_ENV_FILE, if any."""
+    base = dict(os.environ if environ is None else environ)
+    source: dict[str, str] = {}
+    env_file = base.get("AIHUB_ENV_FILE")
+    if env_file:
+        source.update(read_env_file(Path(env_file)))
+    source.update(base)
+    return source
+
+
+def var_dir(environ: Mapping[str, str]) -> Path:
+    """AIHUB_VAR_DIR: local state of `make up` (private Redis, runtime file); default `<repo>/.var`."""
+    return Path(environ.get("AIHUB_VAR_DIR") or ROOT / ".var")
+
+
+def upstream_base(url: str) -> str:
+    """`AIHUB_UPSTREAM_<NAME>_URL` as a base the `/v1/...` paths are appended to: an OpenAI-style base URL
+    ending in `/v1` (what the openai SDK takes) is accepted without doubling it."""
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def header_names(value: str) -> frozenset[str]:
+    """A comma-separated list of header names, lowercased; ValueError for a name that is not a token."""
+    names = frozenset(n.strip().lower() for n in value.split(",") if n.strip())
+    bad = [n for n in names if not n.replace("-", "").isalnum() or not n.isascii()]
+    if bad:
+        raise ValueError(f"not header names: {', '.join(sorted(bad))}")
+    return names
+
+
 class Env:
     """Typed reads from a mapping: `env.get("X", int, 3)`; errors name the variable."""
 
@@ -87,16 +118,13 @@ class Settings:
     shards: int = 16
     reservation_ttl_s: int = 600
     period_grace_days: int = 62
+    forward_headers: frozenset[str] = frozenset()   # request headers forwarded beyond gateway.headers.FORWARDED
+    shutdown_grace_s: float = 30.0
+    var_dir: Path = ROOT / ".var"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        source: dict[str, str] = {}
-        base = dict(os.environ if environ is None else environ)
-        env_file = base.get("AIHUB_ENV_FILE")
-        if env_file:
-            source.update(read_env_file(Path(env_file)))
-        source.update(base)
-        env = Env(source)
+        env = Env(environment(environ))
         urls = {k[: -len("_URL")].lower(): v for k, v in env.prefixed("AIHUB_UPSTREAM_").items()
                 if k.endswith("_URL")}
         keys = {k[: -len("_KEY")].lower(): v for k, v in env.prefixed("AIHUB_UPSTREAM_").items()
@@ -107,7 +135,7 @@ class Settings:
             redis_url=env.get("REDIS_URL", str, cls.redis_url),
             redis_cluster=env.get("REDIS_CLUSTER", parse_bool, False),
             catalog_path=env.get("AIHUB_CATALOG", Path, ROOT / "config" / "catalog.toml"),
-            upstream_urls={k: v.rstrip("/") for k, v in urls.items()},
+            upstream_urls={k: upstream_base(v) for k, v in urls.items()},
             upstream_keys=keys,
             max_body_bytes=env.get("AIHUB_MAX_BODY_BYTES", int, cls.max_body_bytes),
             connect_timeout_s=env.get("AIHUB_CONNECT_TIMEOUT_S", float, cls.connect_timeout_s),
@@ -120,7 +148,12 @@ class Settings:
             shards=env.get("AIHUB_SHARDS", int, cls.shards),
             reservation_ttl_s=env.get("AIHUB_RESERVATION_TTL_S", int, cls.reservation_ttl_s),
             period_grace_days=env.get("AIHUB_PERIOD_GRACE_DAYS", int, cls.period_grace_days),
+            forward_headers=env.get("AIHUB_FORWARD_HEADERS", header_names, frozenset()),
+            shutdown_grace_s=env.get("AIHUB_SHUTDOWN_GRACE_S", float, cls.shutdown_grace_s),
+            var_dir=var_dir(env.environ),
         )
+        if not 0 <= settings.shutdown_grace_s < float("inf"):
+            raise ConfigError(f"AIHUB_SHUTDOWN_GRACE_S={settings.shutdown_grace_s} must be seconds, zero or more")
         for name, value in (("AIHUB_PORT", settings.port), ("AIHUB_MAX_BODY_BYTES", settings.max_body_bytes),
                             ("AIHUB_SHARDS", settings.shards),
                             ("AIHUB_RESERVATION_TTL_S", settings.reservation_ttl_s),

@@ -3,6 +3,11 @@
 Starts a private redis-server (unless REDIS_URL is set), the fake OpenAI-compatible upstream (unless
 AIHUB_UPSTREAM_DEFAULT_URL is set), the billing worker on chDB in this process, seeds one demo account
 per plan, prints how to call the gateway, and serves until Ctrl-C, which stops everything it started.
+
+Its children run in their own sessions, so a terminal's Ctrl-C reaches this process only; it then stops
+in order, losing nothing: the gateway stops accepting, finishes and settles the requests in flight, the
+worker runs a last drain of the usage streams into ClickHouse, and only then are the fake upstream and the
+private Redis stopped. While it runs, `<AIHUB_VAR_DIR>/runtime.json` tells the CLIs where it is.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import redis
 
 from gateway.accounts import AccountStore
 from gateway.catalog import Catalog, load_catalog
 from gateway.redis_server import RedisServer, free_port
-from gateway.settings import ROOT, Settings
+from gateway.runtime import Runtime, remove_runtime, runtime_path, write_runtime
+from gateway.settings import Settings, var_dir
 
 DEMO_ACCOUNTS = (("demofree", "free", "Demo Free"), ("demopro", "pro", "Demo Pro"),
                  ("demoent", "enterprise", "Demo Enterprise"))
@@ -58,11 +65,11 @@ def banner(url: str, seeded: list[tuple[str, str, str]], catalog: Catalog) -> st
 
 
 @contextlib.contextmanager
-def _private_redis(env: dict[str, str]) -> Iterator[None]:
+def _private_redis(env: dict[str, str], directory: Path) -> Iterator[None]:
     if env.get("REDIS_URL"):
         yield
         return
-    server = RedisServer(workdir=ROOT / ".var" / "redis").start()
+    server = RedisServer(workdir=directory / "redis", detached=True).start()
     env["REDIS_URL"] = server.url
     try:
         yield
@@ -77,7 +84,7 @@ def _fake_upstream(env: dict[str, str]) -> Iterator[None]:
         return
     from fakes.openai_upstream import spawn_process
     key = "sk-upstream-demo"
-    proc, url = spawn_process(free_port(), api_key=key)
+    proc, url = spawn_process(free_port(), api_key=key, new_session=True)
     env["AIHUB_UPSTREAM_DEFAULT_URL"] = url
     env["AIHUB_UPSTREAM_DEFAULT_KEY"] = key
     try:
@@ -87,22 +94,38 @@ def _fake_upstream(env: dict[str, str]) -> Iterator[None]:
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def _runtime_file(path: Path, runtime: Runtime) -> Iterator[None]:
+    write_runtime(path, runtime)
+    try:
+        yield
+    finally:
+        remove_runtime(path, runtime.pid)
+
+
 def run_stack() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     env = dict(os.environ)
     env.setdefault("AIHUB_PORT", "8080")
-    (ROOT / ".var").mkdir(exist_ok=True)
-    with _private_redis(env), _fake_upstream(env):
+    directory = var_dir(env)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _private_redis(env, directory), _fake_upstream(env):
         os.environ.update(env)
         settings = Settings.from_env(env)
         catalog = load_catalog(settings.catalog_path)
         store = AccountStore(redis.Redis.from_url(settings.redis_url), catalog, settings.shards)
         seeded = seed_demo(store)
         store.client.close()
-        from gateway.server import serve
-        url = f"http://{settings.host}:{settings.port}"
-        sys.stdout.write(banner(url, seeded, catalog) + "\n")
-        sys.stdout.flush()
         from billing_worker.embedded import embedded_worker
-        with embedded_worker():      # owns the chDB directory: API and worker live in this process
+        from billing_worker.settings import Settings as WorkerSettings
+        from gateway.server import serve
+        worker_settings = WorkerSettings.from_env(env)
+        url = f"http://{settings.host}:{settings.port}"
+        runtime = Runtime(pid=os.getpid(), redis_url=settings.redis_url,
+                          clickhouse_url=worker_settings.clickhouse_url, gateway_url=url)
+        # owns the chDB directory: API and worker live in this process
+        with embedded_worker(worker_settings), _runtime_file(runtime_path(directory), runtime):
+            sys.stdout.write(banner(url, seeded, catalog) + "\n")
+            sys.stdout.flush()
             serve(settings)
+            log.info("gateway stopped; last drain, then the fake upstream and Redis stop")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
+from yarl import URL
 
 from gateway.errors import ConfigError
 from gateway.settings import Settings
@@ -33,13 +36,15 @@ class Upstreams:
                                                   auto_decompress=False, skip_auto_headers=("User-Agent",))
         return self._session
 
-    def url(self, name: str, path: str, query: str) -> str:
-        return f"{self.urls[name]}{path}" + (f"?{query}" if query else "")
+    def url(self, name: str, path: str) -> URL:
+        """The upstream URL of a plain path (gateway.paths), taken as already encoded: sent byte for byte."""
+        return URL(f"{self.urls[name]}{path}", encoded=True)
 
-    async def request(self, name: str, method: str, path: str, query: str, headers: dict[str, str],
-                      body: bytes) -> aiohttp.ClientResponse:
-        return await self.session.request(method, self.url(name, path, query), headers=headers,
-                                          data=body if body else None, allow_redirects=False)
+    async def request(self, name: str, method: str, path: str, headers: dict[str, str],
+                      body: Any) -> aiohttp.ClientResponse:
+        """`body`: bytes, or an aiohttp.FormData (which sets its own multipart content-type)."""
+        return await self.session.request(method, self.url(name, path), headers=headers,
+                                          data=body, allow_redirects=False)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -25,7 +25,13 @@ def _count(value: Any) -> int | None:
 
 
 def parse_usage(usage: Any) -> TokenCounts | None:
-    """A validated TokenCounts, or None when the usage is missing or malformed (counted in metrics)."""
+    """A validated TokenCounts, or None when the usage is missing or malformed (counted in metrics).
+
+    Reads both spellings OpenAI uses: chat and completions (`prompt_tokens`, `completion_tokens`,
+    `prompt_tokens_details.cached_tokens`, `completion_tokens_details.reasoning_tokens`) and the Responses,
+    images and audio APIs (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`,
+    `output_tokens_details.reasoning_tokens`).
+    """
     if usage is None:
         return None
     if not isinstance(usage, dict):
@@ -33,8 +39,8 @@ def parse_usage(usage: Any) -> TokenCounts | None:
         return None
     prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens", 0)))
     completion = _count(usage.get("completion_tokens", usage.get("output_tokens", 0)))
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
+    prompt_details = usage.get("prompt_tokens_details", usage.get("input_tokens_details")) or {}
+    completion_details = usage.get("completion_tokens_details", usage.get("output_tokens_details")) or {}
     cached = _count(prompt_details.get("cached_tokens", 0) if isinstance(prompt_details, dict) else -1)
     reasoning = _count(completion_details.get("reasoning_tokens", 0)
                        if isinstance(completion_details, dict) else -1)

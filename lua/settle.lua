@@ -13,8 +13,10 @@
 -- ARGV[13] acct  ARGV[14] key id  ARGV[15] plan  ARGV[16] model  ARGV[17] upstream  ARGV[18] period
 -- ARGV[19] ts_start_ms    ARGV[20] limit known at admission (-1 unlimited or unknown)
 -- ARGV[21] quota hash EXPIREAT, s
+-- ARGV[22] calls admitted (what admit reserved: n x prompts); all are confirmed or all released
 --
--- Returns {1, used, overage} when settled now, {0} when this request id was settled before.
+-- Returns {1, used, overage calls} when settled now, {0} when this request id was settled before.
+-- overage calls: how many of this request's calls lie past the limit (0 .. calls).
 
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return {0}
@@ -27,18 +29,18 @@ if record then
   plan, limit = record_plan, tonumber(record_limit)
   redis.call('HDEL', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'reserved', -1)
+  redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(ARGV[22]))
 end
 
 local billable = ARGV[2] == '1'
 local calls, overage, used = 0, 0, 0
 local pt, ct, cached, reasoning, cost = 0, 0, 0, 0, 0
 if billable then
-  calls, pt, ct, cached, reasoning, cost = 1, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-  used = redis.call('HINCRBY', KEYS[1], 'used', 1)
+  calls, pt, ct, cached, reasoning, cost = tonumber(ARGV[22]), ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+  used = redis.call('HINCRBY', KEYS[1], 'used', calls)
   if limit >= 0 and used > limit then
-    overage = 1
-    redis.call('HINCRBY', KEYS[1], 'overage', 1)
+    overage = used - math.max(limit, used - calls)
+    redis.call('HINCRBY', KEYS[1], 'overage', overage)
   end
   local m = 'm:' .. ARGV[16] .. ':'
   redis.call('HINCRBY', KEYS[1], 'pt', pt)
@@ -46,7 +48,7 @@ if billable then
   redis.call('HINCRBY', KEYS[1], 'cached', cached)
   redis.call('HINCRBY', KEYS[1], 'reasoning', reasoning)
   redis.call('HINCRBY', KEYS[1], 'cost_nanos', cost)
-  redis.call('HINCRBY', KEYS[1], m .. 'calls', 1)
+  redis.call('HINCRBY', KEYS[1], m .. 'calls', calls)
   redis.call('HINCRBY', KEYS[1], m .. 'pt', pt)
   redis.call('HINCRBY', KEYS[1], m .. 'ct', ct)
   redis.call('EXPIREAT', KEYS[1], ARGV[21])

@@ -89,10 +89,16 @@ class GatewayProcess:
         self.proc = None
 
 
+# The fake upstream's behaviour controls: forwarded by the gateway only because tests configure them.
+FAKE_CONTROL_HEADERS = frozenset({"x-fake-status", "x-fake-latency-ms", "x-fake-chunk-delay-ms", "x-fake-chunks",
+                                  "x-fake-drop", "x-fake-hang", "x-fake-usage", "x-fake-cached-tokens"})
+
+
 def settings_for(redis_url: str, upstream_url: str, upstream_key: str, tmp: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"port": free_port(), "redis_url": redis_url,
                               "upstream_urls": {"default": upstream_url},
-                              "upstream_keys": {"default": upstream_key}, "spool_dir": tmp / "spool"}
+                              "upstream_keys": {"default": upstream_key}, "spool_dir": tmp / "spool",
+                              "forward_headers": FAKE_CONTROL_HEADERS}
     values.update(overrides)
     return Settings(**values)
 
@@ -102,7 +108,8 @@ def process_env(settings: Settings) -> dict[str, str]:
             "AIHUB_UPSTREAM_DEFAULT_KEY": settings.upstream_keys["default"],
             "AIHUB_SPOOL_DIR": str(settings.spool_dir), "AIHUB_CATALOG": str(settings.catalog_path),
             "AIHUB_REDIS_FAILURE_POLICY": settings.redis_failure_policy,
-            "AIHUB_QUOTA_CHECKS": "1" if settings.quota_checks else "0"}
+            "AIHUB_QUOTA_CHECKS": "1" if settings.quota_checks else "0",
+            "AIHUB_FORWARD_HEADERS": ",".join(sorted(settings.forward_headers))}
 
 
 def catalog_file(tmp: Path, plan: str, **fields: int) -> Path:

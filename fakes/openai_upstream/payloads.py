@@ -138,8 +138,43 @@ def make_usage(
     }
 
 
+def choice_count(body: JSON, key: str = "n", maximum: int = 128) -> int:
+    """`n` (or `best_of`), validated like the real API; 1 when absent."""
+    value = body.get(key)
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+        raise BadRequest(f"Invalid '{key}': expected an integer in [1, {maximum}], got {value!r}.", key)
+    return value
+
+
+def completion_prompts(value: object) -> list[object]:
+    """The legacy `prompt`: a string, an array of strings, an array of tokens, or an array of token arrays."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [value]
+        if all(isinstance(v, str) for v in value) or all(
+            isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+            for v in value
+        ):
+            return list(value)
+    raise BadRequest(
+        "Invalid 'prompt': expected a string, an array of strings, an array of tokens or an array of token "
+        "arrays.",
+        "prompt",
+    )
+
+
 def chat_completion(
-    response_id: str, created: int, model: str, content: str, finish_reason: str, usage: JSON | None
+    response_id: str,
+    created: int,
+    model: str,
+    content: str,
+    finish_reason: str,
+    usage: JSON | None,
+    choices: int = 1,
 ) -> JSON:
     payload: JSON = {
         "id": response_id,
@@ -148,11 +183,12 @@ def chat_completion(
         "model": model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
+            for index in range(choices)
         ],
         "service_tier": "default",
         "system_fingerprint": "fp_fake",
@@ -163,19 +199,129 @@ def chat_completion(
 
 
 def text_completion(
-    response_id: str, created: int, model: str, text: str, finish_reason: str, usage: JSON | None
+    response_id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: JSON | None,
+    choices: int = 1,
 ) -> JSON:
     payload: JSON = {
         "id": response_id,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [
+            {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            for index in range(choices)
+        ],
         "system_fingerprint": "fp_fake",
     }
     if usage is not None:
         payload["usage"] = usage
     return payload
+
+
+def count_responses_input_tokens(body: JSON) -> int:
+    """Responses API input like chat: a string input is one user message; every input item counts
+    TOKENS_PER_MESSAGE plus the words of its content (or of a tool output); instructions are one more message."""
+    value = body.get("input")
+    total = 0
+    if isinstance(value, str):
+        total = TOKENS_PER_MESSAGE + count_words(value)
+    elif isinstance(value, list):
+        for item in value:
+            total += TOKENS_PER_MESSAGE
+            if isinstance(item, dict):
+                total += _content_words(item.get("content"))
+                if isinstance(item.get("output"), str):
+                    total += count_words(item["output"])
+            elif isinstance(item, str):
+                total += count_words(item)
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        total += TOKENS_PER_MESSAGE + count_words(instructions)
+    return total
+
+
+def require_responses_input(body: JSON) -> None:
+    value = body.get("input")
+    if isinstance(value, str) or (isinstance(value, list) and value):
+        return
+    if value is None and (body.get("previous_response_id") or body.get("prompt")):
+        return
+    raise BadRequest("Invalid 'input': expected a string or a non-empty array of input items.", "input")
+
+
+def responses_usage(
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    cached_tokens: int = 0,
+    reasoning: int = 0,
+    total_tokens: int | None = None,
+) -> JSON:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input_tokens + output_tokens if total_tokens is None else total_tokens,
+    }
+
+
+def response_message(item_id: str, text: str, status: str) -> JSON:
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}],
+        "role": "assistant",
+    }
+
+
+def response_object(
+    response_id: str,
+    created_at: int,
+    model: str,
+    body: JSON,
+    *,
+    status: str,
+    output: list[JSON],
+    usage: JSON | None,
+    incomplete: bool = False,
+) -> JSON:
+    """A `response` object as POST /v1/responses returns it (and the stream events embed it)."""
+    text = body.get("text") if isinstance(body.get("text"), dict) else {"format": {"type": "text"}}
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "background": False,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": None,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": "medium" if reasoning_tokens(model) else None, "summary": None},
+        "service_tier": "default",
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": text,
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools", []),
+        "top_p": body.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": usage,
+        "user": body.get("user"),
+        "metadata": body.get("metadata") or {},
+    }
 
 
 def embedding_vector(item: object, dimensions: int) -> list[float]:

@@ -188,8 +188,12 @@ def spawn_process(
     chunk_delay_ms: float = 0.0,
     models: Sequence[str] | None = None,
     timeout: float = 15.0,
+    new_session: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Run `python -m fakes.openai_upstream` and wait until it answers; stop it with `stop_process`."""
+    """Run `python -m fakes.openai_upstream` and wait until it answers; stop it with `stop_process`.
+
+    `new_session`: the child does not get the terminal's Ctrl-C; its owner stops it when it is done with it.
+    """
     port = port or free_port(host)
     cmd = [sys.executable, "-m", "fakes.openai_upstream", "--host", host, "--port", str(port)]
     cmd += ["--latency-ms", str(latency_ms), "--chunk-delay-ms", str(chunk_delay_ms)]
@@ -199,7 +203,8 @@ def spawn_process(
         cmd += ["--models", ",".join(models)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            start_new_session=new_session)
     url = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout
     while not _answers(url):

@@ -19,19 +19,23 @@ class Admission:
     model: str = ""
     upstream: str = ""
     plan: str = ""
+    calls: int = 1               # calls reserved (n x prompts); 0 when not billable
     limit: int = -1              # monthly calls, -1 = unlimited (or unknown when degraded)
     remaining: int = -1
-    rpm: int = 0
+    rpm: int = 0                 # token bucket: refilled at rpm per minute up to burst requests
+    burst: int = 0
     rate_remaining: int = 0
     rate_reset_ms: int = 0
     degraded: bool = False       # admitted while Redis was unreachable (fail-open policy)
     settled: bool = field(default=False, repr=False)
 
     def headers(self) -> dict[str, str]:
+        """Rate and quota headers (README "Rate and quota headers"): the rate limit is a token bucket, so
+        `limit` is its capacity (burst), `remaining` what may be sent now, `reset` the time until it is full."""
         if self.degraded:
             return {}
         headers = {
-            "x-ratelimit-limit-requests": str(self.rpm),
+            "x-ratelimit-limit-requests": str(self.burst),
             "x-ratelimit-remaining-requests": str(self.rate_remaining),
             "x-ratelimit-reset-requests": f"{self.rate_reset_ms / 1000:.3f}s",
         }

@@ -26,7 +26,7 @@ from gateway.settings import Settings
 log = logging.getLogger("aihub.quota")
 DONE_TTL_S = 7 * DAY_S
 OUTCOMES = ("admitted", "bad_key", "account_inactive", "model_refused", "rate_limited", "quota_exhausted",
-            "duplicate", "unknown_plan")   # by admit.lua's reply code
+            "duplicate", "unknown_plan", "too_many_calls", "max_tokens_refused")   # by admit.lua's reply code
 
 
 class QuotaEngine:
@@ -57,14 +57,17 @@ class QuotaEngine:
         return keys
 
     # -- admit ---------------------------------------------------------------------------------------
-    async def admit(self, key: ParsedKey, model: Model | None, rid: str, billable: bool) -> Admission:
+    async def admit(self, key: ParsedKey, model: Model | None, rid: str, billable: bool, calls: int = 1,
+                    max_tokens: int = 0) -> Admission:
+        """Admits one request asking for `calls` model calls (n x prompts) and at most `max_tokens` output
+        tokens (0 = not given), or raises the GatewayError the client is told (401, 403, 400, 429, 503)."""
         now = self.clock()
         now_ms = int(now * 1000)
         period = self.periods.at(now)
         keys = self.account_keys(key.account_id)
         admission = Admission(rid=rid, key=key, keys=keys, period=period, ts_start_ms=now_ms,
                               billable=billable, model=model.name if model else "",
-                              upstream=model.upstream if model else "")
+                              upstream=model.upstream if model else "", calls=calls if billable else 0)
         details = f"{key.key_id}|{admission.model}|{admission.upstream}|{period.name}|{now_ms}"
         started = time.perf_counter()
         try:
@@ -74,7 +77,7 @@ class QuotaEngine:
                  keys.boosts, keys.reservations, keys.reservation_data],
                 [key.sha256, key.key_id, model.tier if model else "", rid, now_ms, self.plans_arg,
                  now_ms + self.settings.reservation_ttl_s * 1000, period.end_s + self.grace_s,
-                 "1" if billable else "0", details])
+                 "1" if billable else "0", details, calls, max_tokens])
         except (RedisError, OSError) as exc:
             return self._redis_down(admission, exc)
         finally:
@@ -87,8 +90,8 @@ class QuotaEngine:
         if code == 0:
             admission.plan = text(reply[1])
             admission.limit, admission.remaining = int(reply[2]), int(reply[3])
-            admission.rpm, admission.rate_remaining, admission.rate_reset_ms = (
-                int(reply[4]), int(reply[5]), int(reply[6]))
+            admission.burst, admission.rate_remaining, admission.rate_reset_ms, admission.rpm = (
+                int(reply[4]), int(reply[5]), int(reply[6]), int(reply[7]))
             self._remember_verified(admission.key.sha256, now)
             return admission
         if code == 1:
@@ -103,22 +106,38 @@ class QuotaEngine:
         if code == 4:
             retry_s = max(1, math.ceil(int(reply[2]) / 1000))
             raise errors.RateLimited(
-                f"Rate limit reached for requests per {text(reply[1])}: limit {int(reply[3])}/min. "
-                f"Try again in {retry_s}s.",
+                f"Rate limit reached for requests per {text(reply[1])}: {int(reply[4])} per minute, bursts of "
+                f"{int(reply[3])}. Try again in {retry_s}s.",
                 headers={"retry-after": str(retry_s), "x-ratelimit-limit-requests": str(int(reply[3])),
-                         "x-ratelimit-remaining-requests": "0"})
+                         "x-ratelimit-remaining-requests": "0",
+                         "x-ratelimit-reset-requests": f"{int(reply[5]) / 1000:.3f}s"})
         if code == 5:
+            plan_name, limit, used, calls = text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4])
             retry_s = max(1, period.end_s - int(now))
+            asked = f"; this request asks for {calls} calls" if calls > 1 else ""
             raise errors.QuotaExceeded(
-                f"Monthly quota of {int(reply[2])} calls on the {text(reply[1])} plan is used up "
-                f"({int(reply[3])} used); it resets at the start of the next month (in {retry_s}s). "
-                "Upgrade the plan, enable pay-as-you-go overage or ask for a temporary boost.",
-                headers={"retry-after": str(retry_s), "x-quota-limit": str(int(reply[2])),
-                         "x-quota-remaining": "0"})
+                f"Monthly quota of {limit} calls on the {plan_name} plan is used up ({used} used{asked}); it "
+                f"resets at the start of the next month (in {retry_s}s). {self._quota_advice(plan_name)}",
+                headers={"retry-after": str(retry_s), "x-quota-limit": str(limit),
+                         "x-quota-remaining": str(max(0, limit - used)), "x-quota-reset": period.reset_iso})
         if code == 6:
             raise errors.InvalidRequest("Duplicate request id.", code="duplicate_request_id")
+        if code == 8:
+            raise errors.InvalidRequest(
+                f"This request asks for {admission.calls} calls (n x prompts); the {text(reply[1])} plan allows "
+                f"at most {int(reply[2])} in one request.", code="too_many_calls", param="n")
+        if code == 9:
+            raise errors.InvalidRequest(
+                f"The output-token limit asked for is above the {text(reply[1])} plan's cap of {int(reply[2])} "
+                "tokens.", code="max_tokens_above_plan_cap", param="max_tokens")
         raise errors.ServiceUnavailable(f"Plan {text(reply[1])!r} is not in this gateway's catalog.",
                                         code="unknown_plan")
+
+    def _quota_advice(self, plan_name: str) -> str:
+        plan = self.catalog.plans.get(plan_name)
+        if plan is not None and plan.overage == "payg_optional":
+            return "Enable pay-as-you-go overage, upgrade the plan or ask for a temporary boost."
+        return "Upgrade the plan or ask for a temporary boost."
 
     # -- Redis unavailable: the one place where the policy is applied --------------------------------
     def _redis_down(self, admission: Admission, exc: BaseException) -> Admission:
@@ -155,7 +174,7 @@ class QuotaEngine:
              usage.cost_nanos, usage.latency_ms, now_ms, DONE_TTL_S, admission.key.account_id,
              admission.key.key_id, admission.plan, admission.model, admission.upstream,
              admission.period.name, admission.ts_start_ms, admission.limit,
-             admission.period.end_s + self.grace_s])
+             admission.period.end_s + self.grace_s, admission.calls])
 
     def settle_soon(self, admission: Admission, usage: Usage) -> asyncio.Future[Any] | None:
         """Queues the settle for the next round trip, off the response's critical path. If Redis cannot
@@ -193,4 +212,14 @@ class QuotaEngine:
         return await self.spool.replay(send)
 
     async def close(self) -> None:
+        """Flushes every queued settle, gives the spool one last replay (settles Redis could not take
+        earlier; what still fails stays spooled for the next start), then closes the connection."""
+        await self.batcher.drain()
+        if self.spool.pending:
+            try:
+                replayed = await self.replay_spool()
+            except (RedisError, OSError) as exc:
+                log.warning("spooled settles stay spooled: Redis not reachable (%s)", exc)
+            else:
+                log.info("replayed %d spooled settle(s) before closing", replayed)
         await self.batcher.close()

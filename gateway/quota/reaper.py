@@ -42,15 +42,17 @@ async def reap_expired(engine: QuotaEngine) -> int:
                 await engine.client.zrem(keys.reservations, rid)
                 continue
             fields = text(record).split("|")
-            if len(fields) != 7:
+            if len(fields) == 7:          # written before requests could reserve several calls
+                fields.append("1")
+            if len(fields) != 8 or not fields[7].isdigit():
                 log.error("malformed reservation %s of %s: %r", rid, account_id, record)
                 continue
-            plan, limit, key_id, model, upstream, period, ts_start = fields
+            plan, limit, key_id, model, upstream, period, ts_start, calls = fields
             admission = Admission(
                 rid=rid, key=ParsedKey(account_id, key_id, ""), keys=keys,
                 period=period_named(period),
                 ts_start_ms=int(ts_start), billable=True, model=model, upstream=upstream, plan=plan,
-                limit=int(limit))
+                limit=int(limit), calls=int(calls))
             await engine.settle(admission, Usage(billable=False, outcome="abandoned", status=0))
             released += 1
     return released

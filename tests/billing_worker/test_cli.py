@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import orjson
@@ -80,3 +81,47 @@ def test_progress_bar_rendering() -> None:
     bar.update(200)
     bar.finish()
     assert out.getvalue().splitlines()[-1].startswith("[" + "#" * 30 + "] 200/200 rows 100.0%")
+
+
+def test_usage_of_an_unknown_account_is_an_error(env: Settings, r: redis.Redis,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate"]) == 0
+    capsys.readouterr()
+    assert main(["usage", "nobody", "--period", "2026-11"]) == 2
+    assert "unknown account 'nobody'" in capsys.readouterr().err
+    assert main(["usage", "Bad Id!", "--period", "2026-11"]) == 2
+    assert "not an account id" in capsys.readouterr().err
+    r.hset(AccountKeys("newbie", 16).account, mapping={"plan": "pro", "status": "active"})
+    assert main(["usage", "newbie", "--period", "2026-11"]) == 0     # known to the gateway, no usage yet
+    assert "history (ClickHouse): no usage loaded" in capsys.readouterr().out
+
+
+def test_anomalies_says_when_there_are_none(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate"]) == 0
+    capsys.readouterr()
+    assert main(["anomalies", "--period", "2026-11"]) == 0
+    assert capsys.readouterr().out == "no anomalies for 2026-11\n"
+    assert main(["anomalies", "--period", "2026-11", "--account", "acme"]) == 0
+    assert capsys.readouterr().out == "no anomalies for acme in 2026-11\n"
+    assert main(["anomalies", "--period", "2026-11", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == []
+
+
+def test_drain_uses_the_running_stack_and_says_which_redis(
+        env: Settings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.runtime import Runtime, runtime_path, write_runtime
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.delenv("CLICKHOUSE_URL")
+    monkeypatch.setenv("AIHUB_VAR_DIR", str(tmp_path / "var"))
+    write_runtime(runtime_path(tmp_path / "var"), Runtime(
+        pid=os.getpid(), redis_url=env.redis_url, clickhouse_url=env.clickhouse_url, gateway_url="http://x"))
+    write_entries(r, [make_entry(i, acct="acme") for i in range(5)])
+    assert main(["migrate"]) == 0                     # the stack's ClickHouse too
+    assert "2 applied" in capsys.readouterr().out
+    assert main(["drain", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert orjson.loads(captured.out)["inserted"] == 5
+    assert f"using Redis {env.redis_url} (the running `make up`, pid {os.getpid()}" in captured.err
+    assert main(["usage", "acme", "--period", "2026-11"]) == 0
+    assert "history (ClickHouse): 5 calls" in capsys.readouterr().out

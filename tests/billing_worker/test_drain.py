@@ -81,13 +81,13 @@ def _shard(acct: str) -> int:
 
 def test_malformed_entries_go_to_the_dead_letter_stream(r: redis.Redis, ch: ClickHouse, settings: Settings) -> None:
     good = [make_entry(i) for i in range(50)]
-    bad = [make_entry(1000, calls="7"), make_entry(1001, rid="x"), make_entry(1002, model=None)]
+    bad = [make_entry(1000, calls="256"), make_entry(1001, rid="x"), make_entry(1002, model=None)]
     write_entries(r, good[:25] + bad + good[25:])
     stats = drain_once(r, ch, settings)
     assert (stats.read, stats.inserted, stats.dead_lettered) == (53, 50, 3)
     assert pending(r) == 0  # dead letters are acknowledged in the same MULTI
     dead = {d["rid"]: d for d in dead_letters(r)}
-    assert dead["req_0000001000"]["reason"] == "invalid: calls: expected 0 or 1, got '7'"
+    assert dead["req_0000001000"]["reason"] == "invalid: calls: expected an integer from 0 to 255, got '256'"
     assert dead["x"]["reason"].startswith("invalid: rid: expected")
     assert dead["req_0000001002"]["reason"] == "invalid: missing field(s): model"
     assert dead["req_0000001000"]["src_stream"] == usage_stream(_shard("acct0"))

@@ -19,25 +19,31 @@ from gateway.accounts import AccountStore
 from gateway.catalog import load_catalog
 from gateway.keys import AccountKeys
 from tests.gateway.test_proxy import MESSAGES, sdk
+from tests.quota.conftest import YEAR, PinnedClock
 from tests.support import catalog_file
 
 PLAN_MODELS = {"free": ["gpt-4o-mini", "text-embedding-3-small", "gpt-4o"],
                "pro": ["gpt-4o-mini", "gpt-4o"], "enterprise": ["gpt-4o", "o3-mini"]}
 
 
-def call(client: openai.OpenAI, model: str, i: int) -> None:
+def call(client: openai.OpenAI, model: str, i: int) -> int:
+    """One request; returns the calls it asks for (chat with n = 1, 2 or 3 choices counts n)."""
     if model.startswith("text-embedding"):
         client.embeddings.create(model=model, input=f"item {i} of the batch")
-    elif i % 3 == 0:
+        return 1
+    if i % 3 == 0:
         list(client.chat.completions.create(model=model, messages=MESSAGES, stream=True, max_tokens=4 + i % 5))
-    else:
-        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2 + i % 7)
+        return 1
+    n = 1 + i % 3
+    client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2 + i % 7, n=n)
+    return n
 
 
 def test_clickhouse_totals_equal_redis_counters_and_admitted_requests(
         make_gateway: Any, store: AccountStore, ch: ClickHouse, settings: Settings, redis_url: str,
         tmp_path: Path) -> None:
-    gateway = make_gateway(catalog=load_catalog(catalog_file(tmp_path, "free", rate_per_minute=6000, burst=100)))
+    gateway = make_gateway(catalog=load_catalog(catalog_file(tmp_path, "free", rate_per_minute=6000, burst=100)),
+                           clock=PinnedClock(f"{YEAR}-11-30T23:59:59"))     # frozen at the end of November
     admitted: dict[tuple[str, str], int] = {}
     accounts = {}
     for plan, models in PLAN_MODELS.items():
@@ -48,15 +54,15 @@ def test_clickhouse_totals_equal_redis_counters_and_admitted_requests(
         for i in range(12):
             model = models[i % len(models)]
             try:
-                call(client, model, i)
-                admitted[(account_id, model)] = admitted.get((account_id, model), 0) + 1
+                calls = call(client, model, i)
+                admitted[(account_id, model)] = admitted.get((account_id, model), 0) + calls
             except (openai.RateLimitError, openai.PermissionDeniedError):
                 pass
             if i % 4 == 0:
                 with pytest.raises(openai.InternalServerError):       # upstream failure: not billed
                     call(failing, models[0], i)
     assert sum(admitted.values()) > 20
-    period = time.strftime("%Y-%m", time.gmtime())
+    period = f"{YEAR}-11"
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     deadline = time.monotonic() + 10
     expected_used = {a: sum(n for (acct, _), n in admitted.items() if acct == a) for a in accounts}
@@ -65,7 +71,7 @@ def test_clickhouse_totals_equal_redis_counters_and_admitted_requests(
         time.sleep(0.05)
 
     stats = drain_once(client, ch, settings)
-    assert stats.dead_lettered == 0 and stats.inserted == stats.read > sum(admitted.values())
+    assert stats.dead_lettered == 0 and stats.inserted == stats.read > len(admitted)
 
     for account_id in accounts:
         counters: dict[str, Any] = client.hgetall(AccountKeys(account_id, 16).quota(period))

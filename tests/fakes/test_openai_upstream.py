@@ -128,7 +128,7 @@ def test_models_echo_and_introspection(client: openai.OpenAI, url: str, fake: Fa
     assert [m.id for m in client.models.list()] == list(DEFAULT_MODELS)
     assert http(url + "/v1/files/file-1?purpose=x", "DELETE") == (
         200,
-        {"object": "echo", "path": "/v1/files/file-1", "method": "DELETE"},
+        {"object": "echo", "path": "/v1/files/file-1", "method": "DELETE", "raw_path": "/v1/files/file-1"},
     )
     status, recorded = http(url + "/_fake/requests")
     assert status == 200

@@ -174,13 +174,15 @@ def test_model_outside_the_plan_is_403_and_unknown_model_404(gateway: GatewayThr
 
 def test_models_are_filtered_by_plan(gateway: GatewayThread, free_key: str, store: AccountStore) -> None:
     free_models = {m.id for m in sdk(gateway, free_key).models.list()}
-    assert free_models == {"gpt-4o-mini", "text-embedding-3-small"}
+    assert free_models == {"gpt-4o-mini", "text-embedding-3-small", "omni-moderation-latest"}
     enterprise = store.issue_key(store.create_account("Big", "enterprise")).api_key
-    assert {m.id for m in sdk(gateway, enterprise).models.list()} == {
-        "gpt-4o-mini", "text-embedding-3-small", "gpt-4o", "o3-mini"}
+    assert {m.id for m in sdk(gateway, enterprise).models.list()} == set(gateway.app.state.catalog.models)
     assert sdk(gateway, free_key).models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.PermissionDeniedError) as outside:      # as the model routes answer
         sdk(gateway, free_key).models.retrieve("gpt-4o")
+    assert outside.value.code == "model_not_in_plan"
+    with pytest.raises(openai.NotFoundError):
+        sdk(gateway, free_key).models.retrieve("gpt-9-imaginary")
 
 
 def test_malformed_json_is_400(gateway: GatewayThread, pro_key: str) -> None:
@@ -240,22 +242,29 @@ def test_client_credentials_and_hop_by_hop_headers_stay_at_the_gateway(
                        {"Authorization": f"Bearer {pro_key}", "Content-Type": "application/json",
                         "Cookie": "session=1", "Connection": "keep-alive, X-Secret-Hop",
                         "X-Secret-Hop": "1", "Proxy-Authorization": "Basic abc", "Keep-Alive": "timeout=5",
-                        "X-Forwarded-For": "10.0.0.1", "OpenAI-Organization": "org-1", "X-Custom": "kept"})
+                        "X-Forwarded-For": "10.0.0.1", "OpenAI-Organization": "org-1", "X-Custom": "dropped",
+                        "X-Api-Key": "sk-ant-other", "Api-Key": "azure-key", "X-Goog-Api-Key": "goog",
+                        "OpenAI-Project": "proj-1", "User-Agent": "tests/1.0", "OpenAI-Beta": "assistants=v2"})
     assert status == 200
     [seen] = recorded(upstream)
     headers = seen["headers"]
     assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert pro_key not in json.dumps(seen)
-    for name in ("cookie", "x-secret-hop", "proxy-authorization", "keep-alive", "x-forwarded-for"):
+    for name in ("cookie", "x-secret-hop", "proxy-authorization", "keep-alive", "x-forwarded-for", "x-custom",
+                 "x-api-key", "api-key", "x-goog-api-key", "openai-organization", "openai-project"):
         assert name not in headers, name
-    assert headers["x-custom"] == "kept" and headers["openai-organization"] == "org-1"
+    assert headers["user-agent"] == "tests/1.0" and headers["openai-beta"] == "assistants=v2"
     assert headers["x-request-id"].startswith("req_")
 
 
-def test_other_v1_paths_pass_through(gateway: GatewayThread, pro_key: str) -> None:
-    status, _, body = raw(gateway, "GET", "/v1/files", headers={"Authorization": f"Bearer {pro_key}"})
-    assert status == 200 and json.loads(body) == {"object": "echo", "path": "/v1/files", "method": "GET"}
-    assert raw(gateway, "GET", "/v1/files")[0] == 401
+def test_paths_outside_the_table_are_refused_and_not_forwarded(gateway: GatewayThread, pro_key: str,
+                                                                upstream: Any) -> None:
+    auth = {"Authorization": f"Bearer {pro_key}"}
+    status, _, body = raw(gateway, "GET", "/v1/files", headers=auth)
+    assert status == 403 and json.loads(body)["error"]["code"] == "endpoint_not_available"
+    status, _, body = raw(gateway, "GET", "/v1/no/such/thing", headers=auth)
+    assert status == 404 and json.loads(body)["error"]["code"] == "unknown_url"
+    assert recorded(upstream) == []
     unknown = json.dumps({"model": "gpt-9-imaginary", "input": "x"}).encode()
     json_type = {"Content-Type": "application/json"}
     assert raw(gateway, "POST", "/v1/responses", unknown, {"Authorization": f"Bearer {pro_key}", **json_type})[0] == 404

@@ -14,14 +14,14 @@ from gateway.keys import parse_api_key, usage_stream
 from gateway.quota.admission import Admission, Usage
 from gateway.quota.reaper import reap_expired
 from gateway.redis_server import RedisCluster
-from tests.quota.conftest import EngineFactory, PinnedClock, sync_store, with_plan
+from tests.quota.conftest import EngineFactory, Instant, PinnedClock, sync_store, with_plan
 from tests.quota.test_engine import OK, rid
 
 pytestmark = pytest.mark.cluster
 
 
 async def test_admit_settle_and_reap_on_a_cluster(redis_cluster: RedisCluster, make_engine: EngineFactory,
-                                                  catalog: Catalog, clock: PinnedClock) -> None:
+                                                  catalog: Catalog, clock: PinnedClock, instant: Instant) -> None:
     cat = with_plan(catalog, "free", included_calls=3, rate_per_minute=10**6, burst=10**6)
     store = sync_store(redis_cluster.url, cat, cluster=True)
     store.client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
@@ -44,8 +44,8 @@ async def test_admit_settle_and_reap_on_a_cluster(redis_cluster: RedisCluster, m
     assert await reap_expired(engine) == 1
     shards = {engine.account_keys(a).shard for a in accounts}
     assert sum(store.client.xlen(usage_stream(shard)) for shard in shards) == 36
-    quota = store.client.hgetall(engine.account_keys(abandoned.key.account_id).quota("2026-11"))
+    quota = store.client.hgetall(engine.account_keys(abandoned.key.account_id).quota(instant.period))
     assert quota[b"reserved"] == b"0" and quota[b"used"] == b"2"
     await engine.settle(abandoned, Usage(True, "ok", 200))      # late settle of a reaped request: no-op
-    assert store.client.hget(engine.account_keys(abandoned.key.account_id).quota("2026-11"), "used") == b"2"
+    assert store.client.hget(engine.account_keys(abandoned.key.account_id).quota(instant.period), "used") == b"2"
     store.client.close()

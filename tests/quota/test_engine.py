@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -17,7 +16,7 @@ from gateway.keys import parse_api_key
 from gateway.quota.admission import Admission, Usage
 from gateway.quota.engine import QuotaEngine
 from gateway.quota.reaper import reap_expired
-from tests.quota.conftest import EngineFactory, PinnedClock, sync_store, with_plan
+from tests.quota.conftest import EngineFactory, Instant, PinnedClock, epoch, sync_store, with_plan
 
 OK = Usage(billable=True, outcome="ok", status=200, prompt_tokens=12, completion_tokens=30, cached_tokens=2,
            cost_nanos=1234, latency_ms=7)
@@ -57,7 +56,7 @@ def sync_client(redis_url: str) -> Any:
 
 
 async def test_quota_is_exact_under_concurrency(make_engine: EngineFactory, catalog: Catalog, redis_url: str,
-                                                sync_client: redis.Redis) -> None:
+                                                sync_client: redis.Redis, instant: Instant) -> None:
     cat = with_plan(catalog, "free", included_calls=25, **UNLIMITED_RATE)
     engine = make_engine(cat)
     account_id, key = account(sync_store(redis_url, cat), "free")
@@ -66,7 +65,8 @@ async def test_quota_is_exact_under_concurrency(make_engine: EngineFactory, cata
     refused = [r for r in results if isinstance(r, errors.QuotaExceeded)]
     assert len(admitted) == 25 and len(refused) == 225
     await asyncio.gather(*(engine.settle(a, OK) for a in admitted))
-    counters = quota_hash(sync_client, engine, account_id, "2026-11")
+    assert {a.period.name for a in admitted} == {instant.period}
+    counters = quota_hash(sync_client, engine, account_id, instant.period)
     assert counters["used"] == 25 and counters["reserved"] == 0
     assert counters["pt"] == 25 * 12 and counters["m:gpt-4o-mini:calls"] == 25
     assert sync_client.xlen(engine.account_keys(account_id).usage) == 25
@@ -129,47 +129,70 @@ async def test_rate_limit_refusal_changes_no_counter(make_engine: EngineFactory,
 
 
 async def test_month_boundary_starts_from_zero(make_engine: EngineFactory, catalog: Catalog, redis_url: str,
-                                               clock: PinnedClock, sync_client: redis.Redis) -> None:
+                                               clock: PinnedClock, instant: Instant,
+                                               sync_client: redis.Redis) -> None:
     cat = with_plan(catalog, "free", included_calls=2, **UNLIMITED_RATE)
     engine = make_engine(cat)
     account_id, key = account(sync_store(redis_url, cat), "free")
     model = cat.models["gpt-4o-mini"]
-    clock.set("2026-11-30T23:59:58")
-    for _ in range(2):
-        await engine.settle(await engine.admit(key, model, rid(), True), OK)
+    clock.set(instant.last_second)
+    clock.advance(-1)
+    await engine.settle(await engine.admit(key, model, rid(), True), OK)
+    clock.advance(1)                                         # 23:59:59, the month's last second
+    last = await engine.admit(key, model, rid(), True)
+    assert last.period.name == instant.period and last.headers()["x-quota-reset"] == instant.reset
+    await engine.settle(last, OK)
+    clock.advance(0.999)
     with pytest.raises(errors.QuotaExceeded) as refused:
         await engine.admit(key, model, rid(), True)
-    assert refused.value.headers["retry-after"] == "2"      # seconds to the 1st, 00:00 UTC
-    clock.set("2026-12-01T00:00:00")
+    assert refused.value.headers["retry-after"] == "1"      # the month ends in a second
+    clock.set(instant.reset)                                 # 00:00:00 UTC on the 1st
     admission = await engine.admit(key, model, rid(), True)
-    assert admission.period.name == "2026-12" and admission.remaining == 1
-    november = engine.account_keys(account_id).quota("2026-11")
-    assert sync_client.expiretime(november) == engine.periods.at(clock.now - 10).end_s + 62 * 86400
+    assert admission.period.name == instant.next_period and admission.remaining == 1
+    await engine.settle(admission, OK)
+    rows = sync_client.xrange(engine.account_keys(account_id).usage)
+    assert [f[b"period"].decode() for _, f in rows] == [instant.period, instant.period, instant.next_period]
+    assert quota_hash(sync_client, engine, account_id, instant.period)["used"] == 2
+    assert quota_hash(sync_client, engine, account_id, instant.next_period)["used"] == 1
+    old = engine.account_keys(account_id).quota(instant.period)
+    assert sync_client.expiretime(old) == epoch(instant.reset) + 62 * 86400     # kept for the grace period
 
 
 async def test_boosts_add_calls_until_they_expire(make_engine: EngineFactory, catalog: Catalog,
-                                                  redis_url: str, clock: PinnedClock) -> None:
+                                                  redis_url: str, clock: PinnedClock, instant: Instant) -> None:
     cat = with_plan(catalog, "free", included_calls=1, **UNLIMITED_RATE)
     engine = make_engine(cat)
-    store = sync_store(redis_url, cat)
+    store = sync_store(redis_url, cat, clock=clock)
     account_id, key = account(store, "free")
     model = cat.models["gpt-4o-mini"]
     await engine.settle(await engine.admit(key, model, rid(), True), OK)
     with pytest.raises(errors.QuotaExceeded):
         await engine.admit(key, model, rid(), True)
-    real_now = time.time()
-    clock.now = real_now
-    store.add_boost(account_id, 2, real_now + 86400)
+    store.add_boost(account_id, 2, epoch(instant.reset) + 3600)       # until 01:00 on the next month's 1st
     results = await admit_many(engine, key, model, 5)
-    assert sum(isinstance(r, Admission) for r in results) == 2
-    assert next(r for r in results if isinstance(r, Admission)).limit == 3
-    clock.advance(86400 + 1)
-    with pytest.raises(errors.QuotaExceeded):
+    admitted = [r for r in results if isinstance(r, Admission)]
+    assert len(admitted) == 2 and admitted[0].limit == 3 and admitted[0].period.name == instant.period
+    clock.set(instant.reset)                         # a new month, the boost still running: 1 + 2 calls
+    fresh = await engine.admit(key, model, rid(), True)
+    assert (fresh.period.name, fresh.limit, fresh.remaining) == (instant.next_period, 3, 2)
+    clock.advance(3600)                              # the boost's last millisecond is over
+    with pytest.raises(errors.QuotaExceeded) as refused:
         await engine.admit(key, model, rid(), True)
+    assert refused.value.headers["x-quota-limit"] == "1"
+
+
+async def test_a_boost_must_end_after_the_gateway_clock(catalog: Catalog, redis_url: str,
+                                                        clock: PinnedClock) -> None:
+    store = sync_store(redis_url, catalog, clock=clock)
+    account_id, _ = account(store, "pro")
+    with pytest.raises(errors.InvalidRequest, match="must end in the future"):
+        store.add_boost(account_id, 2, clock.now)
+    store.add_boost(account_id, 2, clock.now + 1)
 
 
 async def test_overage_is_billed_only_when_the_account_enabled_it(
-        make_engine: EngineFactory, catalog: Catalog, redis_url: str, sync_client: redis.Redis) -> None:
+        make_engine: EngineFactory, catalog: Catalog, redis_url: str, sync_client: redis.Redis,
+        instant: Instant) -> None:
     cat = with_plan(catalog, "pro", **UNLIMITED_RATE)
     engine = make_engine(cat)
     store = sync_store(redis_url, cat)
@@ -184,7 +207,7 @@ async def test_overage_is_billed_only_when_the_account_enabled_it(
     admitted = await admit_many(engine, key, model, 3)
     assert all(isinstance(a, Admission) for a in admitted)
     await asyncio.gather(*(engine.settle(a, OK) for a in admitted if isinstance(a, Admission)))
-    counters = quota_hash(sync_client, engine, account_id, "2026-11")
+    counters = quota_hash(sync_client, engine, account_id, instant.period)
     assert counters["used"] == 5 and counters["overage"] == 3
     rows = sync_client.xrange(engine.account_keys(account_id).usage)
     assert [int(f[b"overage"]) for _, f in rows] == [0, 0, 1, 1, 1]
@@ -226,25 +249,26 @@ async def test_custom_quota_only_where_the_plan_allows_it(make_engine: EngineFac
 
 
 async def test_replayed_settle_counts_once(make_engine: EngineFactory, catalog: Catalog, redis_url: str,
-                                           sync_client: redis.Redis) -> None:
+                                           sync_client: redis.Redis, instant: Instant) -> None:
     engine = make_engine(with_plan(catalog, "pro", **UNLIMITED_RATE))
     account_id, key = account(sync_store(redis_url, catalog), "pro")
     admission = await engine.admit(key, catalog.models["gpt-4o-mini"], rid(), True)
     keys, args = engine.settle_args(admission, OK, 1)
     for _ in range(3):
         await engine.batcher.call(engine.scripts["settle"], keys, args)
-    assert quota_hash(sync_client, engine, account_id, "2026-11")["used"] == 1
+    assert quota_hash(sync_client, engine, account_id, instant.period)["used"] == 1
     assert sync_client.xlen(engine.account_keys(account_id).usage) == 1
 
 
 async def test_upstream_failure_releases_the_reservation(make_engine: EngineFactory, catalog: Catalog,
-                                                         redis_url: str, sync_client: redis.Redis) -> None:
+                                                         redis_url: str, sync_client: redis.Redis,
+                                                         instant: Instant) -> None:
     cat = with_plan(catalog, "free", included_calls=1, **UNLIMITED_RATE)
     engine = make_engine(cat)
     account_id, key = account(sync_store(redis_url, cat), "free")
     model = cat.models["gpt-4o-mini"]
     await engine.settle(await engine.admit(key, model, rid(), True), Usage(False, "upstream_error", 502))
-    counters = quota_hash(sync_client, engine, account_id, "2026-11")
+    counters = quota_hash(sync_client, engine, account_id, instant.period)
     assert counters["reserved"] == 0 and counters.get("used", 0) == 0
     [(_, row)] = sync_client.xrange(engine.account_keys(account_id).usage)
     assert row[b"calls"] == b"0" and row[b"outcome"] == b"upstream_error"
@@ -252,7 +276,7 @@ async def test_upstream_failure_releases_the_reservation(make_engine: EngineFact
 
 
 async def test_abandoned_reservation_is_released_by_the_reaper(
-        make_engine: EngineFactory, catalog: Catalog, redis_url: str, clock: PinnedClock,
+        make_engine: EngineFactory, catalog: Catalog, redis_url: str, clock: PinnedClock, instant: Instant,
         sync_client: redis.Redis) -> None:
     cat = with_plan(catalog, "free", included_calls=1, **UNLIMITED_RATE)
     engine = make_engine(cat, reservation_ttl_s=60)
@@ -262,9 +286,11 @@ async def test_abandoned_reservation_is_released_by_the_reaper(
     with pytest.raises(errors.QuotaExceeded):
         await engine.admit(key, model, rid(), True)
     assert await reap_expired(engine) == 0                      # not expired yet
-    clock.advance(61)
+    clock.advance(59)
+    assert await reap_expired(engine) == 0
+    clock.advance(2)                                            # past its 60 s, maybe in the next month
     assert await reap_expired(engine) == 1
-    counters = quota_hash(sync_client, engine, account_id, "2026-11")
+    counters = quota_hash(sync_client, engine, account_id, instant.period)     # released where it was held
     assert counters["reserved"] == 0 and counters.get("used", 0) == 0
     [(_, row)] = sync_client.xrange(engine.account_keys(account_id).usage)
     assert row[b"rid"].decode() == crashed.rid and row[b"outcome"] == b"abandoned"
@@ -272,7 +298,8 @@ async def test_abandoned_reservation_is_released_by_the_reaper(
 
 
 async def test_warnings_fire_once_at_80_and_100_percent(make_engine: EngineFactory, catalog: Catalog,
-                                                        redis_url: str, sync_client: redis.Redis) -> None:
+                                                        redis_url: str, sync_client: redis.Redis,
+                                                        instant: Instant) -> None:
     cat = with_plan(catalog, "pro", included_calls=10, **UNLIMITED_RATE)
     engine = make_engine(cat)
     store = sync_store(redis_url, cat)
@@ -280,7 +307,8 @@ async def test_warnings_fire_once_at_80_and_100_percent(make_engine: EngineFacto
     for _ in range(14):
         await engine.settle(await engine.admit(key, cat.models["gpt-4o-mini"], rid(), True), OK)
     notes = sync_client.xrange(engine.account_keys(account_id).notify)
-    assert [(int(f[b"level"]), int(f[b"used"])) for _, f in notes] == [(80, 8), (100, 10)]
+    assert [(int(f[b"level"]), int(f[b"used"]), f[b"period"].decode()) for _, f in notes] == [
+        (80, 8, instant.period), (100, 10, instant.period)]
 
 
 async def test_suspended_account_and_unknown_plan_are_refused(make_engine: EngineFactory, catalog: Catalog,

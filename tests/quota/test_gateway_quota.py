@@ -26,10 +26,11 @@ from gateway.quota.spool import Spool
 from gateway.settings import Settings
 from tests.conftest import UPSTREAM_KEY
 from tests.gateway.test_proxy import MESSAGES, metric, raw, sdk
-from tests.quota.conftest import PinnedClock
+from tests.quota.conftest import YEAR, Instant, PinnedClock
 from tests.support import GatewayProcess, GatewayThread, catalog_file, process_env, settings_for
 
 HUGE_RATE = {"rate_per_minute": 10**7, "burst": 10**6}
+PERIOD = f"{YEAR}-11"    # the month of PinnedClock() and so of the `gateway` fixture
 
 
 def post_chat(url: str, key: str, headers: dict[str, str] | None = None) -> int:
@@ -47,10 +48,17 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def quota_of(client: redis.Redis, account_id: str) -> dict[str, int]:
-    period = time.strftime("%Y-%m", time.gmtime())
+def quota_of(client: redis.Redis, account_id: str, period: str) -> dict[str, int]:
     raw_hash = client.hgetall(AccountKeys(account_id, 16).quota(period))
     return {k.decode(): int(v) for k, v in raw_hash.items()}
+
+
+def counted_quota(client: redis.Redis, account_id: str) -> dict[str, int]:
+    """The counters of the one month a gateway process counted in. A process runs on the real clock (it takes
+    no pinned one): its month is read off the keys it wrote, not off the clock again, which may have moved on."""
+    months = [k.decode().rsplit(":", 1)[1] for k in client.keys(AccountKeys(account_id, 16).quota("*"))]
+    assert len(months) <= 1, f"counted in {months}: the run crossed the end of a month"
+    return quota_of(client, account_id, months[0]) if months else {}
 
 
 def test_exact_quota_across_two_gateway_processes(redis_url: str, upstream: Any, tmp_path: Path) -> None:
@@ -68,7 +76,7 @@ def test_exact_quota_across_two_gateway_processes(redis_url: str, upstream: Any,
         assert statuses.count(429) == 9 * quota
         usage = AccountKeys(account_id, 16).usage
         wait_for(lambda: store.client.xlen(usage) == quota)
-        counters = quota_of(store.client, account_id)
+        counters = counted_quota(store.client, account_id)
         assert counters["used"] == quota and counters["reserved"] == 0
         time.sleep(0.3)
         assert store.client.xlen(usage) == quota
@@ -81,27 +89,28 @@ def test_exact_quota_across_two_gateway_processes(redis_url: str, upstream: Any,
 def test_refusals_carry_retry_after_and_openai_codes(make_gateway: Any, store: AccountStore,
                                                      tmp_path: Path) -> None:
     path = catalog_file(tmp_path, "free", included_calls=2, rate_per_minute=60, burst=1)
-    gateway = make_gateway(catalog=load_catalog(path))
+    clock = PinnedClock(f"{YEAR}-11-25T12:00:00")
+    gateway = make_gateway(catalog=load_catalog(path), clock=clock)
     account_id = store.create_account("Limited", "free")
     key = store.issue_key(account_id).api_key
     client = sdk(gateway, key)
     ok = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
-    assert ok.headers["x-ratelimit-limit-requests"] == "60"
+    assert ok.headers["x-ratelimit-limit-requests"] == "1"          # the bucket's capacity (burst)
     assert ok.headers["x-ratelimit-remaining-requests"] == "0"
     assert ok.headers["x-quota-limit"] == "2" and ok.headers["x-quota-remaining"] == "1"
-    assert ok.headers["x-quota-reset"].endswith("-01T00:00:00Z")
+    assert ok.headers["x-quota-reset"] == f"{YEAR}-12-01T00:00:00Z"
     with pytest.raises(openai.RateLimitError) as limited:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert limited.value.code == "rate_limit_exceeded"
     assert limited.value.response.headers["retry-after"] == "1"
-    time.sleep(1.05)
+    clock.advance(1.05)                                   # 60/min: one token a second
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    time.sleep(1.05)
+    clock.advance(1.05)
     with pytest.raises(openai.RateLimitError) as exhausted:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert exhausted.value.code == "insufficient_quota"
     assert "resets at the start of the next month" in exhausted.value.message
-    assert int(exhausted.value.response.headers["retry-after"]) > 0
+    assert exhausted.value.response.headers["retry-after"] == str(5 * 86400 + 12 * 3600 - 2)   # to 1 December
     assert metric(gateway, 'aihub_quota_decisions_total{outcome="quota_exhausted"}') >= 1
     assert metric(gateway, "aihub_admit_latency_seconds_count") >= 3
 
@@ -111,8 +120,8 @@ def test_streamed_usage_lands_in_the_counters(gateway: GatewayThread, store: Acc
     key = store.issue_key(account_id).api_key
     client = sdk(gateway, key, default_headers={"X-Fake-Cached-Tokens": "2"})
     list(client.chat.completions.create(model="o3-mini", messages=MESSAGES, stream=True, max_tokens=5))
-    wait_for(lambda: quota_of(store.client, account_id).get("used") == 1)
-    counters = quota_of(store.client, account_id)
+    wait_for(lambda: quota_of(store.client, account_id, PERIOD).get("used") == 1)
+    counters = quota_of(store.client, account_id, PERIOD)
     assert counters["pt"] == 8 and counters["ct"] == 9 and counters["cached"] == 2 and counters["reasoning"] == 4
     catalog = load_catalog(Path("config/catalog.toml"))
     assert counters["cost_nanos"] == catalog.models["o3-mini"].cost_nanos(8, 9)
@@ -123,8 +132,8 @@ def test_malformed_upstream_usage_is_not_counted(gateway: GatewayThread, store: 
     account_id = store.create_account("Odd", "pro")
     key = store.issue_key(account_id).api_key
     assert post_chat(gateway.url, key, {"X-Fake-Usage": forced}) == 200
-    wait_for(lambda: quota_of(store.client, account_id).get("used") == 1)
-    counters = quota_of(store.client, account_id)
+    wait_for(lambda: quota_of(store.client, account_id, PERIOD).get("used") == 1)
+    counters = quota_of(store.client, account_id, PERIOD)
     assert counters["pt"] == 0 and counters["ct"] == 0 and counters["cost_nanos"] == 0
 
 
@@ -145,15 +154,15 @@ def test_gateway_killed_mid_request_leaks_no_quota(redis_url: str, upstream: Any
     gateway = GatewayProcess(process_env(settings)).start()
     hanging = threading.Thread(target=lambda: _swallow(post_chat, gateway.url, key, {"X-Fake-Hang": "1"}))
     hanging.start()
-    wait_for(lambda: quota_of(store.client, account_id).get("reserved") == 1)
+    wait_for(lambda: counted_quota(store.client, account_id).get("reserved") == 1)
     gateway.stop(kill=True)                                   # SIGKILL between admit and settle
     hanging.join(10)
-    assert quota_of(store.client, account_id)["reserved"] == 1
+    assert counted_quota(store.client, account_id)["reserved"] == 1
     replacement = GatewayProcess(process_env(settings)).start()
     try:
         assert post_chat(replacement.url, key) == 429             # the reservation still holds the quota
         assert reap_at(settings, cat, time.time() + settings.reservation_ttl_s + 1) == 1
-        counters = quota_of(store.client, account_id)
+        counters = counted_quota(store.client, account_id)
         assert counters["reserved"] == 0 and counters.get("used", 0) == 0
         [(_, row)] = store.client.xrange(AccountKeys(account_id, 16).usage)
         assert row[b"outcome"] == b"abandoned"
@@ -213,5 +222,27 @@ def test_billing_policy_for_failures(gateway: GatewayThread, store: AccountStore
             for r in usage_rows(store.client, account_id)}
     assert rows == {("upstream_error", "500"): "0", ("upstream_error", "400"): "0",
                     ("upstream_error", "200"): "1", ("client_cancel", "200"): "1"}
-    counters = quota_of(store.client, account_id)
+    counters = quota_of(store.client, account_id, PERIOD)
     assert counters["used"] == 2 and counters["reserved"] == 0
+
+
+def test_a_call_at_23_59_59_counts_in_its_month_and_one_at_midnight_in_the_next(
+        make_gateway: Any, store: AccountStore, clock: PinnedClock, instant: Instant, tmp_path: Path) -> None:
+    gateway = make_gateway(catalog=load_catalog(catalog_file(tmp_path, "free", included_calls=2, **HUGE_RATE)),
+                           clock=clock)
+    account_id = store.create_account("Night owl", "free")
+    client = sdk(gateway, store.issue_key(account_id).api_key)
+    clock.set(instant.last_second)
+    for remaining in ("1", "0"):
+        ok = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert ok.headers["x-quota-reset"] == instant.reset and ok.headers["x-quota-remaining"] == remaining
+    with pytest.raises(openai.RateLimitError) as exhausted:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert exhausted.value.code == "insufficient_quota"
+    assert exhausted.value.response.headers["retry-after"] == "1"
+    clock.set(instant.reset)
+    fresh = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert (fresh.headers["x-quota-limit"], fresh.headers["x-quota-remaining"]) == ("2", "1")
+    assert fresh.headers["x-quota-reset"] > instant.reset
+    wait_for(lambda: quota_of(store.client, account_id, instant.next_period).get("used") == 1)
+    assert quota_of(store.client, account_id, instant.period)["used"] == 2

@@ -17,7 +17,8 @@ from gateway.accounts import AccountStore
 from gateway.catalog import Catalog, load_catalog
 from gateway.redis_server import RedisServer
 from tests.conftest import UPSTREAM_KEY
-from tests.quota.test_gateway_quota import post_chat, quota_of, wait_for
+from tests.quota.conftest import PinnedClock
+from tests.quota.test_gateway_quota import PERIOD, post_chat, quota_of, wait_for
 from tests.support import GatewayThread, catalog_file, settings_for
 
 
@@ -61,7 +62,7 @@ def test_redis_restart_under_load(policy: str, durable_redis: RedisServer, upstr
     settings = settings_for(durable_redis.url, upstream.url, UPSTREAM_KEY, tmp_path,
                             redis_failure_policy=policy, redis_timeout_s=0.3)
     unthrottled = load_catalog(catalog_file(tmp_path, "enterprise", rate_per_minute=10**7, burst=10**6))
-    gateway = GatewayThread(settings, unthrottled).start()
+    gateway = GatewayThread(settings, unthrottled, clock=PinnedClock()).start()
     try:
         assert post_chat(gateway.url, key) == 200      # the key is verified before the outage
         statuses = run_load(gateway.url, key, seconds=4.0, outage=(1.0, 1.5), server=durable_redis)
@@ -72,7 +73,7 @@ def test_redis_restart_under_load(policy: str, durable_redis: RedisServer, upstr
             assert set(counts) <= {200, 503} and counts[503] > 0, counts
         else:
             assert set(counts) == {200}, counts
-        wait_for(lambda: quota_of(client, account_id).get("used") == served, timeout=15)
+        wait_for(lambda: quota_of(client, account_id, PERIOD).get("used") == served, timeout=15)
         usage = store.keys(account_id).usage
         wait_for(lambda: client.xlen(usage) >= served, timeout=5)
         rows = client.xrange(usage)
@@ -82,7 +83,7 @@ def test_redis_restart_under_load(policy: str, durable_redis: RedisServer, upstr
         wait_for(lambda: not list(settings.spool_dir.glob("spool-*.jsonl")), timeout=5)
         # A reservation can outlive the outage only when Redis ran admit and died before answering
         # (fail-closed answered 503); the reaper releases it. The counter never drifts from the set.
-        reserved = quota_of(client, account_id)["reserved"]
+        reserved = quota_of(client, account_id, PERIOD)["reserved"]
         assert reserved == client.zcard(store.keys(account_id).reservations)
         if policy == "open":
             assert reserved == 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import orjson
 
 from gateway.catalog import Catalog
-from tests.quota.conftest import EngineFactory, sync_store
+from tests.quota.conftest import EngineFactory, Instant, sync_store
 from tests.quota.test_engine import OK, account, rid
 
 
 async def test_replay_settles_once_and_keeps_refused_lines_apart(make_engine: EngineFactory, catalog: Catalog,
-                                                                 redis_url: str) -> None:
+                                                                 redis_url: str, instant: Instant) -> None:
     engine = make_engine(catalog)
     account_id, key = account(sync_store(redis_url, catalog), "pro")
     admission = await engine.admit(key, catalog.models["gpt-4o-mini"], rid(), True)
@@ -21,7 +21,7 @@ async def test_replay_settles_once_and_keeps_refused_lines_apart(make_engine: En
     assert await engine.replay_spool() == 3
     assert engine.spool.files() == []
     store = sync_store(redis_url, catalog)
-    assert store.client.hget(engine.account_keys(account_id).quota("2026-11"), "used") == b"1"
+    assert store.client.hget(engine.account_keys(account_id).quota(instant.period), "used") == b"1"
     [rejected] = (engine.spool.directory / "rejected.jsonl").read_bytes().splitlines()
     entry = orjson.loads(rejected)
     assert entry["args"] == ["broken"] and entry["reason"]

@@ -1,0 +1,247 @@
+"""A stop loses nothing: Ctrl-C on `python -m gateway up`, SIGTERM on `python -m gateway serve`.
+
+Real processes, real redis-server, real chDB; the signal is sent as a terminal sends it (Ctrl-C: SIGINT to
+the whole foreground process group).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from billing_worker.clickhouse import ClickHouse
+from gateway.accounts import AccountStore
+from gateway.redis_server import free_port
+from gateway.settings import ROOT
+from tests.conftest import UPSTREAM_KEY
+from tests.support import process_env, settings_for, wait_http
+
+KEY_LINE = re.compile(r"^\s+(free|pro|enterprise)\s+(\w+)\s+(sk-ah_\S+)$")
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def chat(url: str, api_key: str, headers: dict[str, str] | None = None,
+         timeout: float = 20) -> tuple[int, str]:
+    """(status, x-request-id) of one chat completion; status 0 when the connection broke."""
+    request = urllib.request.Request(f"{url}/v1/chat/completions", data=BODY, method="POST", headers={
+        "Authorization": f"Bearer {api_key}", "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return response.status, response.headers.get("x-request-id", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("x-request-id", "")
+    except OSError:
+        return 0, ""
+
+
+def in_background(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args, **kwargs)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def bad_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "CRITICAL" in line or "Traceback" in line or " ERROR " in line]
+
+
+def port_open(url: str) -> bool:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    try:
+        socket.create_connection((host, int(port)), 0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> float:
+    started = time.monotonic()
+    proc.wait(timeout)
+    return time.monotonic() - started
+
+
+# -- make up ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """`python -m gateway up` in its own session (as a terminal runs it), on private ports and directories."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_URL", "AIHUB_UPSTREAM_DEFAULT_URL", "AIHUB_UPSTREAM_DEFAULT_KEY", "AIHUB_ENV_FILE")}
+    env.update({"AIHUB_PORT": str(port), "AIHUB_VAR_DIR": str(tmp_path / "var"),
+                "CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}", "AIHUB_SPOOL_DIR": str(tmp_path / "spool"),
+                "AIHUB_DRAIN_INTERVAL_S": "600",     # only the stop's last drain loads the rows
+                "PYTHONPATH": str(ROOT)})
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "up"], env=env, stdout=stdout, stderr=stderr,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    info: dict[str, Any] = {"proc": proc, "url": f"http://127.0.0.1:{port}", "env": env, "tmp": tmp_path,
+                            "stdout": out, "stderr": err}
+    try:
+        deadline = time.monotonic() + 60
+        while "Health:" not in out.read_text():
+            assert proc.poll() is None, f"make up exited: {err.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "make up did not print its banner"
+            time.sleep(0.05)
+        wait_http(info["url"] + "/healthz")
+        info["keys"] = {m.group(1): m.group(3) for m in map(KEY_LINE.match, out.read_text().splitlines()) if m}
+        yield info
+    finally:
+        if proc.poll() is None:            # a failed test: stop it as Ctrl-C does, so it stops its children
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def test_ctrl_c_on_make_up_loads_every_answered_call_into_clickhouse(stack: dict[str, Any]) -> None:
+    proc, url, tmp = stack["proc"], stack["url"], stack["tmp"]
+    runtime = json.loads((tmp / "var" / "runtime.json").read_text())
+    assert runtime["pid"] == proc.pid and runtime["gateway_url"] == url
+
+    answered: list[str] = []
+    for i in range(24):
+        status, rid = chat(url, stack["keys"]["pro" if i % 2 else "enterprise"])
+        assert status == 200
+        answered.append(rid)
+    # calls still in flight when Ctrl-C comes: they finish within the grace period and are billed too
+    slow = [in_background(chat, url, stack["keys"]["pro"], {"X-Fake-Latency-Ms": "1200"}) for _ in range(3)]
+    time.sleep(0.4)
+    os.killpg(proc.pid, signal.SIGINT)          # Ctrl-C in the terminal: the whole process group
+    assert wait_exit(proc, 40) < 30
+    for thread, result in slow:
+        thread.join(10)
+        status, rid = result[0]
+        assert status == 200
+        answered.append(rid)
+
+    assert proc.returncode == 0
+    log = stack["stderr"].read_text()
+    assert bad_lines(log) == [], log
+    assert not (tmp / "var" / "runtime.json").exists()
+    assert not port_open(runtime["redis_url"])         # the private Redis was stopped, after the drain
+    with ClickHouse(f"chdb://{tmp / 'chdb'}") as ch:
+        rows = dict(ch.query("SELECT rid, calls FROM usage_rows FINAL"))
+    assert {rid: rows.get(rid) for rid in answered} == dict.fromkeys(answered, 1)
+
+
+# -- gateway serve ---------------------------------------------------------------------------------------
+@pytest.fixture
+def serve_process(redis_url: str, upstream: Any, tmp_path: Path) -> Iterator[Any]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**env: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+        settings = settings_for(redis_url, upstream.url, UPSTREAM_KEY, tmp_path)
+        port = free_port()
+        full = {**os.environ, **process_env(settings), "AIHUB_PORT": str(port), "PYTHONPATH": str(ROOT), **env}
+        full.pop("AIHUB_ENV_FILE", None)
+        err = tmp_path / f"serve-{port}.stderr"
+        with open(err, "wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=full,
+                                    stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
+        started.append(proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        return proc, f"http://127.0.0.1:{port}", err
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def usage_rows(redis_url: str, store: AccountStore, account_id: str) -> dict[str, dict[str, str]]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entries = client.xrange(store.keys(account_id).usage)
+    finally:
+        client.close()
+    return {fields["rid"]: fields for _, fields in entries}
+
+
+def test_sigterm_on_serve_finishes_and_settles_the_request_in_flight(
+        serve_process: Any, store: AccountStore, redis_url: str) -> None:
+    proc, url, err = serve_process()
+    account_id = store.create_account("Stop", "pro")
+    api_key = store.issue_key(account_id).api_key
+    thread, result = in_background(chat, url, api_key, {"X-Fake-Latency-Ms": "1500"})
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc, 20) < 10
+    thread.join(10)
+    status, rid = result[0]
+    assert status == 200
+    assert proc.returncode == 0                    # stopped, not killed by its own signal
+    assert bad_lines(err.read_text()) == []
+    row = usage_rows(redis_url, store, account_id)[rid]
+    assert (row["calls"], row["outcome"], row["status"]) == ("1", "ok", "200")
+    assert chat(url, api_key)[0] == 0              # no longer accepting
+
+
+def test_the_grace_period_bounds_a_stop_and_the_cut_request_is_settled(
+        serve_process: Any, store: AccountStore, redis_url: str) -> None:
+    proc, url, _ = serve_process(AIHUB_SHUTDOWN_GRACE_S="0.5")
+    account_id = store.create_account("Slow", "pro")
+    api_key = store.issue_key(account_id).api_key
+    thread, result = in_background(chat, url, api_key, {"X-Fake-Latency-Ms": "15000"})
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc, 20) < 6                 # not the 15 s the upstream takes
+    thread.join(10)
+    assert result[0][0] != 200
+    [row] = usage_rows(redis_url, store, account_id).values()
+    assert (row["calls"], row["outcome"]) == ("0", "client_cancel")      # released, not billed
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.zcard(store.keys(account_id).reservations) == 0
+    finally:
+        client.close()
+
+
+# -- billing worker ---------------------------------------------------------------------------------------
+def test_sigterm_on_the_worker_drains_what_is_left_before_it_exits(redis_url: str, tmp_path: Path) -> None:
+    from tests.billing_worker.usage_factory import make_entry, write_entries
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    env = {**os.environ, "REDIS_URL": redis_url, "CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}",
+           "AIHUB_DRAIN_INTERVAL_S": "600", "PYTHONPATH": str(ROOT)}
+    err = tmp_path / "worker.stderr"
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "billing_worker", "worker"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while "ClickHouse schema" not in err.read_text():      # migrated, Dramatiq worker started
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        entries = [make_entry(i, acct="acme") for i in range(40)]
+        write_entries(client, entries)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_exit(proc, 30) < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        client.close()
+    assert proc.returncode == 0
+    assert bad_lines(err.read_text()) == []
+    with ClickHouse(f"chdb://{tmp_path / 'chdb'}") as ch:
+        loaded = {rid for (rid,) in ch.query("SELECT rid FROM usage_rows FINAL")}
+    assert loaded == {e["rid"] for e in entries}
