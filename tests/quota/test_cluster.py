@@ -27,11 +27,16 @@ async def test_admit_settle_and_reap_on_a_cluster(redis_cluster: RedisCluster, m
     store.client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     engine = make_engine(cat, url=redis_cluster.url, cluster=True, reservation_ttl_s=60)
     await engine.client.initialize()
-    accounts = [store.create_account(f"Tenant {i}", "free") for i in range(12)]
+    def node_of(account_id: str) -> str:
+        return str(store.client.nodes_manager.get_node_from_slot(
+            store.client.keyslot(engine.account_keys(account_id).account)).name)
+    by_node: dict[str, list[str]] = {}
+    for i in range(200):                      # four account ids on each master (random ids may miss one)
+        by_node.setdefault(node_of(f"tenant{i:03d}"), []).append(f"tenant{i:03d}")
+    assert len(by_node) == 3, "the shards should spread over all three masters"
+    chosen = [a for ids in by_node.values() for a in ids[:4]]
+    accounts = [store.create_account(f"Tenant {a}", "free", account_id=a) for a in chosen]
     keys = [parse_api_key(store.issue_key(a).api_key) for a in accounts]
-    slots = {store.client.keyslot(engine.account_keys(a).account) for a in accounts}
-    assert len({store.client.nodes_manager.get_node_from_slot(s).name for s in slots}) == 3, \
-        "the accounts should spread over all three masters"
     model = cat.models["gpt-4o-mini"]
     results: list[Any] = await asyncio.gather(
         *(engine.admit(k, model, rid(), True) for k in keys for _ in range(4)), return_exceptions=True)
