@@ -174,6 +174,12 @@ def check_fields(endpoint: Endpoint, body: Body) -> None:
                                      code="unsupported_parameter")
             raise InvalidRequest(f"Unrecognized request argument supplied: {name}.", param=name,
                                  code="unknown_parameter")
+    # Fields that decide how the answer is relayed and read for usage must mean to the gateway what they mean
+    # upstream: `"stream": "true"` would stream there and be read here as a whole body without usage.
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidRequest("'stream' must be true or false.", param="stream", code="invalid_value")
+    if "stream_options" in body and not isinstance(body["stream_options"], dict | None):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options", code="invalid_value")
     if endpoint.tools and "tools" in body:
         tools = body["tools"]
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):

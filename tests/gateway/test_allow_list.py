@@ -145,6 +145,10 @@ def test_unknown_fields_and_hosted_tools_are_refused(gw: GatewayThread, store: A
         ({**base, "n": 0}, "invalid_value", "n"),
         ({**base, "n": True}, "invalid_value", "n"),
         ({**base, "max_tokens": -1}, "invalid_value", "max_tokens"),
+        ({**base, "max_tokens": 5.5}, "invalid_value", "max_tokens"),
+        ({**base, "stream": "true"}, "invalid_value", "stream"),
+        ({**base, "stream": True, "stream_options": "yes"}, "invalid_value", "stream_options"),
+        ({**base, "n": "x"}, "invalid_value", "n"),
     ]
     for payload, code, param in cases:
         status, _, body = post(gw, key, "/v1/chat/completions", payload)
