@@ -78,9 +78,10 @@ class Endpoint:
     stream: str = ""               # "chat": SSE with usage asked for; "responses": SSE with usage in its events
     token_limits: tuple[str, ...] = ()           # output-token limit fields, capped per plan (set when absent)
     tools: bool = False            # `tools` may hold function tools only (hosted tools cost extra upstream)
+    models: frozenset[str] = frozenset()         # free endpoints: the only models a body may name
 
 
-COMMON = frozenset({"model", "user", "safety_identifier", "metadata", "store", "service_tier"})
+COMMON = frozenset({"model", "user", "safety_identifier", "metadata", "store"})
 CHAT = Endpoint(
     "chat", "POST", "/v1/chat/completions", "billed", "json", COMMON | {
         "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
@@ -118,7 +119,9 @@ TABLE: tuple[Endpoint, ...] = (
         "include[]", "chunking_strategy"}), repeated=frozenset({"timestamp_granularities[]", "include[]"})),
     Endpoint("audio", "POST", "/v1/audio/translations", "billed", "multipart",
              frozenset({"model", "file", "prompt", "response_format", "temperature"})),
-    Endpoint("moderations", "POST", "/v1/moderations", "free", "json", frozenset({"model", "input"})),
+    Endpoint("moderations", "POST", "/v1/moderations", "free", "json", frozenset({"model", "input"}),
+             models=frozenset({"omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest",
+                               "text-moderation-stable"})),
     Endpoint("models", "GET", "/v1/models", "local"),
     Endpoint("models", "GET", "/v1/models/{model}", "local"),
 )
@@ -129,6 +132,7 @@ REFUSED_FIELDS = {
     "prompt": "stored prompt templates are not served through the gateway",
     "background": "background responses are not served through the gateway",
     "web_search_options": "hosted web search is not served through the gateway",
+    "service_tier": "the gateway prices every call at the default tier",
 }
 REFUSED_FAMILIES = ("files", "uploads", "batches", "fine_tuning", "assistants", "threads", "vector_stores",
                     "realtime", "containers", "evals", "conversations", "organization", "videos", "chatkit")
@@ -188,6 +192,13 @@ def check_fields(endpoint: Endpoint, body: Body) -> None:
             if tool.get("type") not in FUNCTION_TOOLS:
                 raise InvalidRequest(f"Tool type {tool.get('type')!r} is not available through the gateway; only "
                                      "function tools are.", param="tools", code="tool_not_available")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") not in (*FUNCTION_TOOLS, "allowed_tools"):
+        raise InvalidRequest(f"Tool type {choice.get('type')!r} is not available through the gateway; only "
+                             "function tools are.", param="tool_choice", code="tool_not_available")
+    if endpoint.stream == "responses" and body.get("store") is True:
+        raise InvalidRequest("'store' is not supported: stored responses are not served through the gateway.",
+                             param="store", code="unsupported_parameter")
 
 
 def requested_max_tokens(endpoint: Endpoint, body: Body) -> int:

@@ -7,12 +7,14 @@ model above all) are exactly the fields the upstream reads: no parser difference
 
 from __future__ import annotations
 
+import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -20,6 +22,14 @@ from gateway.errors import InvalidRequest
 
 MAX_FILES = 16
 MAX_FIELDS = 64
+UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_filename(name: str | None) -> str:
+    """A filename the re-encoded form can carry unambiguously: letters, digits and `._-` kept (the extension tells
+    the upstream the audio or image format), anything else (quotes, backslashes, control characters) as `_`."""
+    cleaned = UNSAFE_FILENAME.sub("_", name or "")[-128:]
+    return cleaned if cleaned.strip("._") else "file"
 
 
 @dataclass
@@ -56,6 +66,9 @@ async def parse_form(scope: MutableMapping[str, Any], body: bytes, repeated: fro
     request = Request(scope, receive)
     try:
         parsed = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=len(body) + 1)
+    except HTTPException as exc:       # Starlette reports the parser's errors (too many files, ...) this way
+        raise InvalidRequest(f"The multipart/form-data body could not be parsed: {exc.detail}",
+                             code="invalid_multipart") from None
     except (MultiPartException, ValueError, AssertionError) as exc:
         raise InvalidRequest(f"The multipart/form-data body could not be parsed: {exc}.",
                              code="invalid_multipart") from None
@@ -68,10 +81,17 @@ async def parse_form(scope: MutableMapping[str, Any], body: bytes, repeated: fro
                                      code="duplicate_parameter")
             value: Any = part
             if isinstance(part, UploadFile):
-                value = {"filename": part.filename or "file", "data": await part.read(),
-                         "content_type": part.content_type or "application/octet-stream"}
+                value = {"filename": safe_filename(part.filename), "data": await part.read(),
+                         "content_type": _content_type(part.content_type)}
             fields[name] = value
             items.append((name, value))
     finally:
         await parsed.close()
     return Form(fields, items)
+
+
+def _content_type(value: str | None) -> str:
+    """A file part's media type if it is a plain `type/subtype`, else application/octet-stream."""
+    if value and re.fullmatch(r"[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+", value):
+        return value
+    return "application/octet-stream"

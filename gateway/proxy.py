@@ -80,7 +80,11 @@ class Proxy:
     # -- the /v1 dispatcher -------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
         rid: str = request.scope["aihub.rid"]
-        endpoint, param = lookup(request.method, plain_path(request.scope))
+        try:
+            endpoint, param = lookup(request.method, plain_path(request.scope))
+        except errors.PermissionDenied:          # a refused family: a bad key is told 401 first
+            await self.auth_cache.plan_of(presented_key(request.headers))
+            raise
         request.scope["aihub.route"] = endpoint.path
         key = presented_key(request.headers)
         if endpoint.kind == "local":
@@ -91,12 +95,17 @@ class Proxy:
                 raise errors.InvalidRequest(f"{endpoint.path} takes no query parameters.", code="unknown_parameter")
             body = await read_body(request, self.settings.max_body_bytes)
             form = None
+            encoded_form = None
             if endpoint.body == "multipart":
                 form = await parse_form(request.scope, body, endpoint.repeated)
                 payload: dict[str, Any] = form.fields
+                encoded_form = form.encoded()     # before admit: a form that cannot be re-encoded reserves nothing
             else:
                 payload = json_object(body)
             check_fields(endpoint, payload)
+            if endpoint.kind == "free" and "model" in payload and payload["model"] not in endpoint.models:
+                raise errors.InvalidRequest(f"'model' must be one of {', '.join(sorted(endpoint.models))} here.",
+                                            param="model", code="invalid_value")
             model = self.model_named(model_name(payload)) if billed else None
             calls = endpoint.calls(payload) if billed else 0
             max_tokens = requested_max_tokens(endpoint, payload)
@@ -113,9 +122,11 @@ class Proxy:
         admission = await self.admit(key, rid, model, billed, calls, max_tokens)
         if model is not None:
             request.scope["aihub.model"] = model.name   # for the requests metric
-        if form is not None:
-            return await self.forward(request, endpoint, admission, form.encoded(), None, False, False, model)
+        if encoded_form is not None:
+            return await self.forward(request, endpoint, admission, encoded_form, None, False, False, model)
         self._cap_output_tokens(endpoint, payload, admission, max_tokens)
+        if endpoint.stream == "responses":
+            payload["store"] = False     # nothing stored upstream that another account could reference by id
         return await self.forward(request, endpoint, admission, orjson.dumps(payload), JSON, streaming,
                                   strip_usage, model)
 

@@ -154,3 +154,53 @@ def test_moderations_are_free(gw: GatewayThread, store: AccountStore, clock: Pin
     assert used(store, account_id, clock).get("used", 0) == 0
     with pytest.raises(openai.AuthenticationError):
         sdk(gw, "sk-ah_nosuch_acct0000_" + "x" * 30).moderations.create(input="hello")
+
+
+def test_forms_that_cannot_be_re_encoded_reserve_nothing(gw: GatewayThread, store: AccountStore,
+                                                         clock: PinnedClock, upstream: Any) -> None:
+    account_id, key = account(store, "pro")
+    for filename in ('a\nb.wav', 'a\x01b.wav', 'a\\"; name=\\"model.wav'):
+        body = (b'--BND\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+                b'--BND\r\nContent-Disposition: form-data; name="file"; filename="' + filename.encode() +
+                b'"\r\n\r\nRIFF\r\n--BND--\r\n')
+        status, headers, out = raw(gw, "POST", "/v1/audio/transcriptions", body,
+                                   {"Authorization": f"Bearer {key}",
+                                    "Content-Type": "multipart/form-data; boundary=BND"})
+        assert status in (200, 400), filename
+        assert out.startswith(b"{") and headers["x-request-id"]
+    for seen in recorded(upstream):
+        assert set(seen["body"]) == {"model", "file"} and seen["body"]["model"] == "whisper-1"
+    counters = used(store, account_id, clock, settled=len(recorded(upstream)))
+    assert counters.get("reserved", 0) == 0 and counters.get("used", 0) == len(recorded(upstream))
+    too_many = b"".join(b'--BND\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n\r\nx\r\n'
+                        for _ in range(17)) + b"--BND--\r\n"
+    status, _, out = raw(gw, "POST", "/v1/images/edits", too_many,
+                         {"Authorization": f"Bearer {key}", "Content-Type": "multipart/form-data; boundary=BND"})
+    assert status == 400 and json.loads(out)["error"]["code"] == "invalid_multipart"
+
+
+def test_moderations_take_only_moderation_models(gw: GatewayThread, store: AccountStore, upstream: Any) -> None:
+    _, key = account(store, "free")
+    status, _, out = raw(gw, "POST", "/v1/moderations", json.dumps({"model": "gpt-4o", "input": "hi"}).encode(),
+                         {"Authorization": f"Bearer {key}"})
+    assert status == 400 and json.loads(out)["error"]["param"] == "model"
+    assert recorded(upstream) == []
+
+
+def test_responses_store_nothing_upstream_and_hosted_tool_choices_are_refused(
+        gw: GatewayThread, store: AccountStore, upstream: Any) -> None:
+    _, key = account(store, "pro")
+    auth = {"Authorization": f"Bearer {key}"}
+    plain = json.dumps({"model": "gpt-4o-mini", "input": "hi"}).encode()
+    assert raw(gw, "POST", "/v1/responses", plain, auth)[0] == 200
+    assert recorded(upstream)[-1]["body"]["store"] is False
+    for payload in ({"model": "gpt-4o-mini", "input": "hi", "store": True},
+                    {"model": "gpt-4o-mini", "input": "hi", "tool_choice": {"type": "web_search_preview"}},
+                    {"model": "gpt-4o-mini", "input": "hi", "service_tier": "priority"}):
+        assert raw(gw, "POST", "/v1/responses", json.dumps(payload).encode(), auth)[0] == 400, payload
+    assert len(recorded(upstream)) == 1
+
+
+def test_refused_families_tell_a_bad_key_401_first(gw: GatewayThread) -> None:
+    assert raw(gw, "GET", "/v1/files")[0] == 401
+    assert raw(gw, "GET", "/v1/files", None, {"Authorization": "Bearer sk-ah_nosuch_acct0000_" + "x" * 30})[0] == 401
