@@ -14,6 +14,7 @@
 -- ARGV[19] ts_start_ms    ARGV[20] limit known at admission (-1 unlimited or unknown)
 -- ARGV[21] quota hash EXPIREAT, s
 -- ARGV[22] calls admitted (what admit reserved: n x prompts); all are confirmed or all released
+--          (absent in settles spooled before requests could ask for several calls: 1)
 --
 -- Returns {1, used, overage calls} when settled now, {0} when this request id was settled before.
 -- overage calls: how many of this request's calls lie past the limit (0 .. calls).
@@ -21,6 +22,7 @@
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return {0}
 end
+local admitted = tonumber(ARGV[22]) or 1
 local record = redis.call('HGET', KEYS[3], ARGV[1])
 local limit = tonumber(ARGV[20])
 local plan = ARGV[15]
@@ -29,14 +31,14 @@ if record then
   plan, limit = record_plan, tonumber(record_limit)
   redis.call('HDEL', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(ARGV[22]))
+  redis.call('HINCRBY', KEYS[1], 'reserved', -admitted)
 end
 
 local billable = ARGV[2] == '1'
 local calls, overage, used = 0, 0, 0
 local pt, ct, cached, reasoning, cost = 0, 0, 0, 0, 0
 if billable then
-  calls, pt, ct, cached, reasoning, cost = tonumber(ARGV[22]), ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+  calls, pt, ct, cached, reasoning, cost = admitted, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
   used = redis.call('HINCRBY', KEYS[1], 'used', calls)
   if limit >= 0 and used > limit then
     overage = used - math.max(limit, used - calls)
