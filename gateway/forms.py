@@ -38,13 +38,18 @@ class Form:
     items: list[tuple[str, Any]]       # every part in order (repeated fields more than once)
 
     def encoded(self) -> aiohttp.FormData:
+        """The form as the upstream receives it; 400 when a part cannot be written back unambiguously."""
         form = aiohttp.FormData(quote_fields=False)
-        for name, value in self.items:
-            if isinstance(value, dict):
-                form.add_field(name, value["data"], filename=value["filename"],
-                               content_type=value["content_type"])
-            else:
-                form.add_field(name, value)
+        try:
+            for name, value in self.items:
+                if isinstance(value, dict):
+                    form.add_field(name, value["data"], filename=value["filename"],
+                                   content_type=value["content_type"])
+                else:
+                    form.add_field(name, value)
+        except ValueError as exc:
+            raise InvalidRequest(f"The multipart/form-data body cannot be forwarded: {exc}.",
+                                 code="invalid_multipart") from None
         return form
 
 

@@ -99,10 +99,11 @@ class Proxy:
             if endpoint.body == "multipart":
                 form = await parse_form(request.scope, body, endpoint.repeated)
                 payload: dict[str, Any] = form.fields
-                encoded_form = form.encoded()     # before admit: a form that cannot be re-encoded reserves nothing
             else:
                 payload = json_object(body)
-            check_fields(endpoint, payload)
+            check_fields(endpoint, payload)       # field names are allow-listed before anything re-encodes them
+            if form is not None:
+                encoded_form = form.encoded()     # before admit: a form that cannot be re-encoded reserves nothing
             if endpoint.kind == "free" and "model" in payload and payload["model"] not in endpoint.models:
                 raise errors.InvalidRequest(f"'model' must be one of {', '.join(sorted(endpoint.models))} here.",
                                             param="model", code="invalid_value")

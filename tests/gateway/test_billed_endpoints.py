@@ -172,6 +172,10 @@ def test_forms_that_cannot_be_re_encoded_reserve_nothing(gw: GatewayThread, stor
         assert set(seen["body"]) == {"model", "file"} and seen["body"]["model"] == "whisper-1"
     counters = used(store, account_id, clock, settled=len(recorded(upstream)))
     assert counters.get("reserved", 0) == 0 and counters.get("used", 0) == len(recorded(upstream))
+    odd_name = (b'--BND\r\nContent-Disposition: form-data; name="mo\x01del"\r\n\r\nwhisper-1\r\n--BND--\r\n')
+    status, _, out = raw(gw, "POST", "/v1/audio/transcriptions", odd_name,
+                         {"Authorization": f"Bearer {key}", "Content-Type": "multipart/form-data; boundary=BND"})
+    assert status == 400 and out.startswith(b"{")
     too_many = b"".join(b'--BND\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n\r\nx\r\n'
                         for _ in range(17)) + b"--BND--\r\n"
     status, _, out = raw(gw, "POST", "/v1/images/edits", too_many,
