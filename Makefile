@@ -21,13 +21,14 @@ up: venv redis
 	$(BIN)/python -m gateway up
 
 lint: venv
-	$(BIN)/ruff check gateway billing_worker fakes tests benchmarks
+	$(BIN)/ruff check gateway billing billing_worker fakes tests benchmarks
 
 typecheck: venv
-	$(BIN)/mypy gateway billing_worker fakes
+	$(BIN)/mypy gateway billing billing_worker fakes
 
 pytest: venv
 	@scripts/ensure-redis
+	@scripts/ensure-postgres
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest

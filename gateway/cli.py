@@ -1,134 +1,240 @@
-"""`aihub` admin CLI: accounts, keys, plans, quotas and boosts; `serve` runs the gateway alone."""
+"""`aihub`: the one command. Roles (`up`, `serve`, `worker`), the system of record (`migrate`, `resync`),
+admin commands (accounts, keys, plans, quotas, boosts, audit log) and the usage commands of the worker.
+
+Every command that prints data prints text, or JSON with `--json`. Admin changes are written to the database
+and projected to Redis (billing.accounts); when Redis is not reachable the change is saved and a warning says
+that `aihub resync` applies it. Exit status: 0 done, 2 refused (bad input, unknown account, store unreachable).
+The proxy's modules never import this one (it opens the database).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
 
-from gateway.accounts import AccountStore
-from gateway.catalog import load_catalog
 from gateway.errors import ConfigError, GatewayError
 from gateway.runtime import stack_environ
 from gateway.settings import Settings, environment
 
+WORKER_COMMANDS = ("worker", "drain", "usage", "export", "anomalies", "rollup")   # billing_worker.cli
+
 
 def _until(value: str) -> float:
-    moment = datetime.fromisoformat(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"--until {value!r} is not an ISO date or datetime (e.g. 2026-12-15)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
-def _store(settings: Settings) -> AccountStore:
-    client: Any = (redis.RedisCluster.from_url(settings.redis_url) if settings.redis_cluster
-                   else redis.Redis.from_url(settings.redis_url))
-    return AccountStore(client, load_catalog(settings.catalog_path), settings.shards)
+def _calls(value: str) -> int | None:
+    if value == "default":
+        return None
+    if not value.isdigit():
+        raise ValueError(f"a custom quota is a whole number of calls or 'default', not {value!r}")
+    return int(value)
 
 
-def _print(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+def _text(value: Any, indent: str = "") -> list[str]:
+    if isinstance(value, dict):
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, dict | list) and item:
+                lines += [f"{indent}{key}:", *_text(item, indent + "  ")]
+            else:
+                lines.append(f"{indent}{key}: {'' if item is None or item == [] else item}")
+        return lines
+    if isinstance(value, list):
+        lines = []
+        for item in value:
+            inner = _text(item, indent + "  ")
+            lines += [f"{indent}- {inner[0].strip()}", *inner[1:]] if inner else [f"{indent}-"]
+        return lines
+    return [f"{indent}{value}"]
+
+
+def emit(value: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write("\n".join(_text(value)) + "\n")
+
+
+def warn_if_pending(projected: bool) -> None:
+    if not projected:
+        sys.stderr.write("aihub: warning: Redis is not reachable; the change is saved in the database and "
+                         "`aihub resync` applies it when Redis is back.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aihub", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the gateway (proxy + health + metrics)")
-    sub.add_parser("up", help="run everything on the embedded defaults (make up)")
-    create = sub.add_parser("create-account", help="create an account and issue its first key")
+    parser = argparse.ArgumentParser(prog="aihub", description="AI Hub quota gateway and billing.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    command("up", "run everything on the embedded defaults (make up)")
+    command("serve", "run the gateway (proxy, health, metrics); projects the database into Redis first")
+    for name in WORKER_COMMANDS:
+        sub.add_parser(name, help=f"billing worker: {name} (see `aihub {name} --help`)", add_help=False)
+    command("migrate", "apply the database and ClickHouse schema migrations")
+    resync = command("resync", "rebuild Redis from the database (keys, plans, quotas, boosts)")
+    resync.add_argument("--counters", action="store_true",
+                        help="also rebuild this month's used calls and tokens from ClickHouse's usage rows")
+    resync.add_argument("--prune", action="store_true", help="remove accounts Redis has and the database does not")
+    create = command("create-account", "create an account and issue its first key (shown once)")
     create.add_argument("--name", required=True)
     create.add_argument("--plan", required=True)
-    create.add_argument("--country", default="US")
+    create.add_argument("--country", default="US", help="ISO 3166-1 alpha-2 code")
+    create.add_argument("--region", default="", help="state or province code, e.g. CA")
+    create.add_argument("--email", dest="billing_email")
+    create.add_argument("--tax-id")
+    create.add_argument("--currency", help="ISO 4217 code, fixed at creation (default: the catalog's)")
     create.add_argument("--id", dest="account_id")
-    sub.add_parser("list-accounts")
-    show = sub.add_parser("show-account")
+    command("list-accounts", "every account with its subscription")
+    show = command("show-account", "one account, its subscription, boosts and keys")
     show.add_argument("account")
-    issue = sub.add_parser("issue-key", help="issue a new API key (shown once)")
+    issue = command("issue-key", "issue a new API key (shown once)")
     issue.add_argument("account")
     issue.add_argument("--name", default="default")
-    revoke = sub.add_parser("revoke-key")
+    revoke = command("revoke-key", "revoke an API key (refused at once)")
     revoke.add_argument("account")
     revoke.add_argument("key_id")
-    plan = sub.add_parser("set-plan")
+    plan = command("set-plan", "change the account's plan")
     plan.add_argument("account")
     plan.add_argument("plan")
-    quota = sub.add_parser("set-quota", help="custom monthly calls quota (plans that allow it)")
+    quota = command("set-quota", "custom monthly calls quota (plans that allow it), or 'default'")
     quota.add_argument("account")
-    quota.add_argument("calls", help="a number of calls, or 'default'")
-    overage = sub.add_parser("set-overage", help="pay-as-you-go overage on or off")
+    quota.add_argument("calls")
+    overage = command("set-overage", "pay-as-you-go overage on or off (plans that offer it)")
     overage.add_argument("account")
     overage.add_argument("state", choices=["on", "off"])
-    status = sub.add_parser("set-status")
+    status = command("set-status", "suspend or reactivate an account")
     status.add_argument("account")
     status.add_argument("status", choices=["active", "suspended"])
-    boost = sub.add_parser("boost", help="grant extra calls until a date")
+    boost = command("boost", "grant extra calls until a date")
     boost.add_argument("account")
     boost.add_argument("--calls", type=int, required=True)
     boost.add_argument("--until", required=True, help="ISO date or datetime (UTC)")
+    boost.add_argument("--price-minor", type=int, help="price in minor units of the account's currency, if sold")
+    audit = command("audit-log", "the newest admin actions")
+    audit.add_argument("--account")
+    audit.add_argument("--limit", type=int, default=50)
     return parser
 
 
-def run(args: argparse.Namespace, settings: Settings) -> None:
-    if args.command == "serve":
-        from gateway.server import serve
-        serve(settings)
-        return
-    if args.command == "up":
-        from gateway.stack import run_stack
-        run_stack()
-        return
-    store = _store(settings)
-    if args.command == "create-account":
-        account_id = store.create_account(args.name, args.plan, country=args.country, account_id=args.account_id)
-        issued = store.issue_key(account_id)
-        _print({"account": account_id, "plan": args.plan, "key_id": issued.key_id, "api_key": issued.api_key})
+def run_admin(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    from billing.store import open_accounts
+    store = open_accounts(environ)
+    try:
+        _admin(args, store, environ)
+    finally:
+        store.close()
+
+
+def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> None:
+    accounts = store.accounts
+    out = args.json
+    if args.command == "migrate":
+        from billing_worker.cli import main as worker_main
+        emit({"database": "migrated"}, out)
+        if worker_main(["migrate"]) != 0:
+            raise GatewayError("ClickHouse migrations failed (see above)")
+    elif args.command == "resync":
+        report = store.resync(prune=args.prune)
+        result: dict[str, Any] = {"projected": report.projected, "newer_in_redis": report.newer_in_redis,
+                                  "orphans": report.orphans, "pruned": report.pruned}
+        if args.counters:
+            from billing_worker.counters import rebuild_all_counters
+            result["counters"] = rebuild_all_counters(dict(environ))
+        emit(result, out)
+    elif args.command == "create-account":
+        change = accounts.create_account(args.name, args.plan, country=args.country, region=args.region,
+                                         billing_email=args.billing_email, tax_id=args.tax_id,
+                                         currency=args.currency, account_id=args.account_id, actor="cli")
+        issued, projected = accounts.issue_key(change.account["id"], actor="cli")
+        warn_if_pending(projected)
+        emit({"account": issued.account_id, "plan": args.plan, "key_id": issued.key_id, "api_key": issued.api_key},
+             out)
     elif args.command == "list-accounts":
-        _print([store.get_account(a) for a in store.list_accounts()])
+        emit(accounts.list_accounts(), out)
     elif args.command == "show-account":
-        _print(store.get_account(args.account) | {"keys": store.list_keys(args.account)})
+        emit(accounts.get_account(args.account) | {"keys": accounts.list_keys(args.account)}, out)
     elif args.command == "issue-key":
-        issued = store.issue_key(args.account, args.name)
-        _print({"account": issued.account_id, "key_id": issued.key_id, "api_key": issued.api_key})
-    elif args.command == "revoke-key":
-        store.revoke_key(args.account, args.key_id)
-        _print({"revoked": args.key_id})
-    elif args.command == "set-plan":
-        store.set_plan(args.account, args.plan)
-        _print(store.get_account(args.account))
-    elif args.command == "set-quota":
-        calls = None if args.calls == "default" else int(args.calls)
-        store.set_custom_quota(args.account, calls)
-        _print(store.get_account(args.account))
-    elif args.command == "set-overage":
-        store.set_overage(args.account, args.state == "on")
-        _print(store.get_account(args.account))
-    elif args.command == "set-status":
-        store.set_status(args.account, args.status)
-        _print(store.get_account(args.account))
+        issued, projected = accounts.issue_key(args.account, args.name, actor="cli")
+        warn_if_pending(projected)
+        emit({"account": issued.account_id, "key_id": issued.key_id, "api_key": issued.api_key}, out)
+    elif args.command == "audit-log":
+        emit(accounts.audit_log(args.account, args.limit), out)
     elif args.command == "boost":
-        boost_id = store.add_boost(args.account, args.calls, _until(args.until))
-        _print({"boost": boost_id, "calls": args.calls, "until": args.until})
+        boost_id, change = accounts.add_boost(args.account, args.calls, _until(args.until),
+                                              price_minor=args.price_minor, actor="cli")
+        warn_if_pending(change.projected)
+        emit({"boost": boost_id, "calls": args.calls, "until": args.until}, out)
+    else:
+        change = {
+            "revoke-key": lambda: accounts.revoke_key(args.account, args.key_id, actor="cli"),
+            "set-plan": lambda: accounts.set_plan(args.account, args.plan, actor="cli"),
+            "set-quota": lambda: accounts.set_custom_quota(args.account, _calls(args.calls), actor="cli"),
+            "set-overage": lambda: accounts.set_overage(args.account, args.state == "on", actor="cli"),
+            "set-status": lambda: accounts.set_status(args.account, args.status, actor="cli"),
+        }[args.command]()
+        warn_if_pending(change.projected)
+        emit(change.account, out)
 
 
-ROLES = ("serve", "up")   # configured by their environment alone; the admin commands find a running stack
+def resync_at_start(environ: Mapping[str, str]) -> None:
+    """A starting role projects the database into Redis (changes made while Redis was down are applied);
+    when the database cannot be reached it says so and the role starts on what Redis holds."""
+    from billing.errors import BillingError
+    from billing.store import open_accounts
+    try:
+        store = open_accounts(environ)
+    except BillingError as exc:
+        sys.stderr.write(f"aihub: warning: no resync at start: {exc.message}\n")
+        return
+    try:
+        report = store.resync()
+        sys.stderr.write(f"aihub: projected {report.projected} accounts from the database into Redis\n")
+    except BillingError as exc:
+        sys.stderr.write(f"aihub: warning: no resync at start: {exc.message}\n")
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in WORKER_COMMANDS:
+        from billing_worker.cli import main as worker_main
+        return worker_main(argv)
     args = build_parser().parse_args(argv)
+    from billing.errors import BillingError
     try:
-        if args.command in ROLES:
+        if args.command == "serve":
+            from gateway.server import serve
             settings = Settings.from_env()
+            resync_at_start(environment())
+            serve(settings)
+        elif args.command == "up":
+            from gateway.stack import run_stack
+            run_stack()
         else:
             environ, source = stack_environ(environment())
             settings = Settings.from_env(environ)
             sys.stderr.write(f"aihub: using Redis {settings.redis_url} ({source})\n")
-        run(args, settings)
-    except (ConfigError, GatewayError, ValueError) as exc:
-        sys.stderr.write(f"aihub: {exc}\n")
+            run_admin(args, environ)
+    except (ConfigError, GatewayError, BillingError, ValueError) as exc:
+        sys.stderr.write(f"aihub: {getattr(exc, 'message', None) or exc}\n")
         return 2
     except redis.RedisError as exc:
         sys.stderr.write(f"aihub: Redis is not reachable ({exc}); is REDIS_URL right?\n")

@@ -1,8 +1,11 @@
 """`make up`: the whole product on the embedded defaults in one command.
 
-Starts a private redis-server (unless REDIS_URL is set), the fake OpenAI-compatible upstream (unless
-AIHUB_UPSTREAM_DEFAULT_URL is set), the billing worker on chDB in this process, seeds one demo account
-per plan, prints how to call the gateway, and serves until Ctrl-C, which stops everything it started.
+Starts a private redis-server (unless REDIS_URL is set; append-only file under `<AIHUB_VAR_DIR>/redis`,
+fsynced every second, so keys, counters, boosts and undrained usage survive a restart), the fake
+OpenAI-compatible upstream (unless AIHUB_UPSTREAM_DEFAULT_URL is set), opens the system of record
+(DATABASE_URL, default the SQLite file `<AIHUB_VAR_DIR>/aihub.db`) and projects it into Redis, creates the
+demo accounts that do not exist yet (one per plan; their keys are printed once, when created), runs the billing
+worker on chDB in this process, prints how to call the gateway, and serves until Ctrl-C.
 
 Its children run in their own sessions, so a terminal's Ctrl-C reaches this process only; it then stops
 in order, losing nothing: the gateway stops accepting, finishes and settles the requests in flight, the
@@ -19,9 +22,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import redis
-
-from gateway.accounts import AccountStore
+from billing.accounts import AccountService
 from gateway.catalog import Catalog, load_catalog
 from gateway.redis_server import RedisServer, free_port
 from gateway.runtime import Runtime, remove_runtime, runtime_path, write_runtime
@@ -32,22 +33,29 @@ DEMO_ACCOUNTS = (("demofree", "free", "Demo Free"), ("demopro", "pro", "Demo Pro
 log = logging.getLogger("aihub.up")
 
 
-def seed_demo(store: AccountStore) -> list[tuple[str, str, str]]:
-    """(account, plan, api key) per demo account; a fresh key each run (keys are shown only once)."""
-    existing = set(store.list_accounts())
-    seeded = []
+def seed_demo(accounts: AccountService) -> list[tuple[str, str, str | None]]:
+    """(account, plan, api key or None) per demo account: an account is created, with a key, only when it does
+    not exist yet; keys are stored hashed, so an existing account's key cannot be shown again."""
+    seeded: list[tuple[str, str, str | None]] = []
     for account_id, plan, name in DEMO_ACCOUNTS:
-        if account_id not in existing:
-            store.create_account(name, plan, account_id=account_id)
-        seeded.append((account_id, plan, store.issue_key(account_id, "make-up").api_key))
+        if accounts.exists(account_id):
+            seeded.append((account_id, plan, None))
+            continue
+        accounts.create_account(name, plan, account_id=account_id, actor="make-up")
+        issued, _ = accounts.issue_key(account_id, "make-up", actor="make-up")
+        seeded.append((account_id, plan, issued.api_key))
     return seeded
 
 
-def banner(url: str, seeded: list[tuple[str, str, str]], catalog: Catalog) -> str:
-    key = seeded[0][2]
+def banner(url: str, seeded: list[tuple[str, str, str | None]], catalog: Catalog) -> str:
+    key = next((k for _, _, k in seeded if k), None) or "<a demo key>"
     model = next(iter(catalog.models))
     lines = ["", f"aihub gateway listening on {url}  (Ctrl-C stops everything)", "", "Demo API keys:"]
-    lines += [f"  {plan:<11} {account:<9} {api_key}" for account, plan, api_key in seeded]
+    lines += [f"  {plan:<11} {account:<9} {api_key}" for account, plan, api_key in seeded if api_key]
+    kept = [(account, plan) for account, plan, api_key in seeded if not api_key]
+    if kept:
+        lines += ["", "Kept from an earlier run (keys are shown once, when issued; the old ones still work):"]
+        lines += [f"  {plan:<11} {account:<9} new key: aihub issue-key {account}" for account, plan in kept]
     lines += ["", "Try it with curl:",
               f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
               f"-H 'Content-Type: application/json' "
@@ -69,12 +77,13 @@ def _private_redis(env: dict[str, str], directory: Path) -> Iterator[None]:
     if env.get("REDIS_URL"):
         yield
         return
-    server = RedisServer(workdir=directory / "redis", detached=True).start()
+    server = RedisServer(workdir=directory / "redis", detached=True,
+                         extra_args=["--appendonly", "yes", "--appendfsync", "everysec"]).start()
     env["REDIS_URL"] = server.url
     try:
         yield
     finally:
-        server.close()
+        server.shutdown()      # SIGTERM: Redis fsyncs its append-only file before it exits
 
 
 @contextlib.contextmanager
@@ -113,9 +122,14 @@ def run_stack() -> None:
         os.environ.update(env)
         settings = Settings.from_env(env)
         catalog = load_catalog(settings.catalog_path)
-        store = AccountStore(redis.Redis.from_url(settings.redis_url), catalog, settings.shards)
-        seeded = seed_demo(store)
-        store.client.close()
+        from billing.store import open_accounts
+        store = open_accounts(env)
+        try:
+            report = store.resync()          # the database is the record: Redis follows it
+            log.info("projected %d accounts into Redis", report.projected + report.newer_in_redis)
+            seeded = seed_demo(store.accounts)
+        finally:
+            store.close()
         from billing_worker.embedded import embedded_worker
         from billing_worker.settings import Settings as WorkerSettings
         from gateway.server import serve

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,17 @@ from gateway.accounts import AccountStore
 from gateway.catalog import Catalog, load_catalog
 from gateway.redis_server import RedisCluster, RedisServer
 from gateway.settings import ROOT
+from tests.pg_server import PostgresServer
 from tests.support import GatewayThread, settings_for
+
+
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's local state (the SQLite system of record, runtime file, spool) under its own tmp_path, never
+    the repository's .var."""
+    monkeypatch.setenv("AIHUB_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +51,28 @@ def redis_cluster() -> Iterator[RedisCluster]:
     cluster = RedisCluster().start()
     yield cluster
     cluster.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL cluster for the session, started only when a test asks for it."""
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], ids=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLAlchemy URL of an empty database: a SQLite file, or a fresh database on the private PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/aihub.db"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = server.create_database(name)
+    yield url
+    with contextlib.suppress(Exception):
+        server.drop_database(name)
 
 
 UPSTREAM_KEY = "sk-upstream-secret-for-tests"

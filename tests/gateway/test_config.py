@@ -68,15 +68,16 @@ def test_malformed_catalog_names_the_field(tmp_path: Path, mutation: tuple[str, 
 def test_cli_manages_accounts_keys_and_quotas(redis_url: str, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
-    assert main(["create-account", "--name", "Acme", "--plan", "pro", "--id", "acme"]) == 0
+    assert main(["create-account", "--name", "Acme", "--plan", "pro", "--id", "acme", "--json"]) == 0
     created = json.loads(capsys.readouterr().out)
     client = redis.Redis.from_url(redis_url)
     stored = client.hgetall(AccountKeys("acme", 16).api_key(created["key_id"]))
     assert stored[b"sha256"].decode() == hash_api_key(created["api_key"])
     assert created["api_key"].encode() not in b"".join(v for k in client.keys("*") if client.type(k) == b"hash"
                                                        for v in client.hgetall(k).values())
-    assert main(["set-quota", "acme", "20000"]) == 0
-    assert json.loads(capsys.readouterr().out)["custom_quota"] == "20000"
+    assert main(["set-quota", "acme", "20000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["subscription"]["custom_quota"] == 20000
+    assert client.hget(AccountKeys("acme", 16).account, "custom_quota") == b"20000"
     assert main(["boost", "acme", "--calls", "50", "--until", "2099-01-01"]) == 0
     assert main(["revoke-key", "acme", created["key_id"]]) == 0
     capsys.readouterr()

@@ -1,0 +1,308 @@
+"""Accounts, API keys, subscriptions and boosts: every admin change, written through.
+
+Each change runs in one database transaction (the account row locked: `FOR UPDATE` on PostgreSQL,
+`BEGIN IMMEDIATE` on SQLite), bumps the account's version, records what changed (plan_changes, audit_log) and
+commits; the account is then projected to Redis (billing.projection). When Redis cannot be reached the change is
+still saved, `projected` is False in the result, and `aihub resync` (or the next start) applies it.
+Errors: billing.errors (InvalidInput 400, NotFound 404, Conflict 409).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing.db.models import Account, ApiKey, AuditEntry, Boost, PlanChange, Subscription
+from billing.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from billing.projection import Projector, load_account
+from gateway.catalog import Catalog
+from gateway.keys import ID_RE, hash_api_key, new_api_key, new_id
+
+COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+REGION_RE = re.compile(r"^[A-Z0-9]{0,3}$")
+STATUSES = ("active", "suspended")
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    account_id: str
+    key_id: str
+    api_key: str          # shown once; only its SHA-256 is stored
+
+
+@dataclass(frozen=True)
+class Change:
+    account: dict[str, Any]
+    projected: bool       # False: saved, Redis not updated yet (resync applies it)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:          # SQLite returns naive datetimes; they were stored as UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def account_view(account: Account) -> dict[str, Any]:
+    sub = account.subscription
+    return {"id": account.id, "name": account.name, "billing_email": account.billing_email,
+            "country": account.country, "region": account.region, "tax_id": account.tax_id,
+            "currency": account.currency, "language": account.language, "status": account.status,
+            "created_at": _iso(account.created_at), "version": account.version,
+            "subscription": {"plan": sub.plan, "since": _iso(sub.since), "custom_quota": sub.custom_quota,
+                             "overage_enabled": sub.overage_enabled, "scheduled_plan": sub.scheduled_plan,
+                             "scheduled_at": _iso(sub.scheduled_at)},
+            "boosts": [{"id": b.id, "calls": b.calls, "until": _iso(b.until), "price_minor": b.price_minor,
+                        "currency": b.currency} for b in account.boosts]}
+
+
+def key_view(key: ApiKey) -> dict[str, Any]:
+    return {"id": key.id, "name": key.name, "created_at": _iso(key.created_at),
+            "last_used_at": _iso(key.last_used_at), "revoked_at": _iso(key.revoked_at),
+            "status": "revoked" if key.revoked_at else "active"}
+
+
+class AccountService:
+    def __init__(self, sessions: sessionmaker[Session], projector: Projector | None, catalog: Catalog,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.sessions = sessions
+        self.projector = projector
+        self.catalog = catalog
+        self.clock = clock
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _locked(self, session: Session, account_id: str) -> Account:
+        if not ID_RE.match(account_id):
+            raise NotFound(f"No account {account_id!r}.", code="account_not_found")
+        account = session.scalars(select(Account).where(Account.id == account_id).with_for_update()).first()
+        if account is None:
+            raise NotFound(f"No account {account_id!r}.", code="account_not_found")
+        account.version += 1
+        return account
+
+    def _audit(self, session: Session, actor: str, action: str, account_id: str, **details: Any) -> None:
+        session.add(AuditEntry(at=self.now(), actor=actor, action=action, account_id=account_id, details=details))
+
+    def _project(self, account_id: str) -> Change:
+        with self.sessions() as session:
+            account = load_account(session, account_id)
+        assert account is not None
+        projected = False
+        if self.projector is not None:
+            try:
+                self.projector.project(account)
+                projected = True
+            except StoreUnavailable:
+                projected = False
+        return Change(account_view(account), projected)
+
+    def _plan(self, name: str) -> Any:
+        plan = self.catalog.plans.get(name)
+        if plan is None:
+            raise InvalidInput(f"Unknown plan {name!r}; the catalog has {', '.join(self.catalog.plans)}.",
+                               code="unknown_plan")
+        return plan
+
+    # -- accounts ------------------------------------------------------------------------------------
+    def create_account(self, name: str, plan: str, *, country: str = "US", region: str = "",
+                       billing_email: str | None = None, tax_id: str | None = None, currency: str | None = None,
+                       language: str = "en", account_id: str | None = None, overage: bool = False,
+                       actor: str = "admin") -> Change:
+        self._plan(plan)
+        account_id = account_id or new_id()
+        if not ID_RE.match(account_id):
+            raise InvalidInput("Account ids are 4 to 32 lowercase letters or digits.", code="bad_account_id")
+        country, region = country.upper(), region.upper()
+        if not COUNTRY_RE.match(country) or not REGION_RE.match(region):
+            raise InvalidInput("Country is an ISO 3166-1 alpha-2 code (e.g. DE); region up to 3 letters or "
+                               "digits (e.g. CA).", code="bad_country")
+        if not name.strip() or len(name) > 200:
+            raise InvalidInput("An account name is 1 to 200 characters.", code="bad_name")
+        now = self.now()
+        account = Account(id=account_id, name=name.strip(), billing_email=billing_email, country=country,
+                          region=region, tax_id=tax_id, currency=(currency or self.catalog.currency).upper(),
+                          language=language, status="active", version=1, created_at=now)
+        try:
+            with self.sessions.begin() as session:
+                session.add(account)
+                session.flush()
+                session.add(Subscription(account_id=account_id, plan=plan, since=now, custom_quota=None,
+                                         overage_enabled=False))
+                session.add(PlanChange(account_id=account_id, from_plan=None, to_plan=plan, at=now, actor=actor))
+                self._audit(session, actor, "account.create", account_id, plan=plan, name=account.name)
+        except IntegrityError:
+            raise Conflict(f"Account {account_id!r} exists already.", code="account_exists") from None
+        if overage:
+            return self.set_overage(account_id, True, actor=actor)
+        return self._project(account_id)
+
+    def get_account(self, account_id: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            account = load_account(session, account_id) if ID_RE.match(account_id) else None
+        if account is None:
+            raise NotFound(f"No account {account_id!r}.", code="account_not_found")
+        return account_view(account)
+
+    def exists(self, account_id: str) -> bool:
+        with self.sessions() as session:
+            return session.get(Account, account_id) is not None
+
+    def list_accounts(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            ids = list(session.scalars(select(Account.id).order_by(Account.id)))
+        return [self.get_account(a) for a in ids]
+
+    def set_status(self, account_id: str, status: str, *, actor: str = "admin") -> Change:
+        if status not in STATUSES:
+            raise InvalidInput(f"Status is one of {', '.join(STATUSES)}.", code="bad_status")
+        with self.sessions.begin() as session:
+            account = self._locked(session, account_id)
+            before, account.status = account.status, status
+            self._audit(session, actor, "account.status", account_id, before=before, after=status)
+        return self._project(account_id)
+
+    # -- subscription --------------------------------------------------------------------------------
+    def set_plan(self, account_id: str, plan: str, *, actor: str = "admin") -> Change:
+        new = self._plan(plan)
+        with self.sessions.begin() as session:
+            account = self._locked(session, account_id)
+            sub = session.get(Subscription, account_id)
+            assert sub is not None
+            before = sub.plan
+            if before != plan:
+                sub.plan, sub.since = plan, self.now()
+                if sub.custom_quota is not None and (not new.custom_quota or new.unlimited_calls):
+                    sub.custom_quota = None          # the new plan has no custom quota
+                if new.overage != "payg_optional":
+                    sub.overage_enabled = False
+                session.add(PlanChange(account_id=account_id, from_plan=before, to_plan=plan, at=self.now(),
+                                       actor=actor))
+            self._audit(session, actor, "subscription.plan", account.id, before=before, after=plan)
+        return self._project(account_id)
+
+    def set_custom_quota(self, account_id: str, calls: int | None, *, actor: str = "admin") -> Change:
+        with self.sessions.begin() as session:
+            self._locked(session, account_id)
+            sub = session.get(Subscription, account_id)
+            assert sub is not None
+            plan = self._plan(sub.plan)
+            if calls is not None:
+                if plan.unlimited_calls:
+                    raise InvalidInput(f"The {plan.display_name} plan has unlimited calls; a custom quota does not "
+                                       "apply.", code="custom_quota_not_allowed")
+                if not plan.custom_quota:
+                    raise InvalidInput(f"The {plan.display_name} plan does not allow a custom quota.",
+                                       code="custom_quota_not_allowed")
+                if calls < 0:
+                    raise InvalidInput("A custom quota is a number of calls, zero or more.", code="bad_quota")
+            before, sub.custom_quota = sub.custom_quota, calls
+            self._audit(session, actor, "subscription.custom_quota", account_id, before=before, after=calls)
+        return self._project(account_id)
+
+    def set_overage(self, account_id: str, enabled: bool, *, actor: str = "admin") -> Change:
+        with self.sessions.begin() as session:
+            self._locked(session, account_id)
+            sub = session.get(Subscription, account_id)
+            assert sub is not None
+            plan = self._plan(sub.plan)
+            if enabled and plan.overage != "payg_optional":
+                raise InvalidInput(f"The {plan.display_name} plan has no pay-as-you-go overage"
+                                   f"{' (its calls are unlimited)' if plan.unlimited_calls else ''}.",
+                                   code="overage_not_allowed")
+            before, sub.overage_enabled = sub.overage_enabled, enabled
+            self._audit(session, actor, "subscription.overage", account_id, before=before, after=enabled)
+        return self._project(account_id)
+
+    # -- keys ----------------------------------------------------------------------------------------
+    def issue_key(self, account_id: str, name: str = "default", *, actor: str = "admin") -> tuple[IssuedKey, bool]:
+        """(the new key, shown once; projected)."""
+        if not name or len(name) > 100:
+            raise InvalidInput("A key name is 1 to 100 characters.", code="bad_name")
+        with self.sessions.begin() as session:
+            self._locked(session, account_id)
+            key_id = new_id(8)
+            api_key = new_api_key(account_id, key_id)
+            session.add(ApiKey(id=key_id, account_id=account_id, sha256=hash_api_key(api_key), name=name,
+                               created_at=self.now()))
+            self._audit(session, actor, "key.issue", account_id, key_id=key_id, name=name)
+        return IssuedKey(account_id, key_id, api_key), self._project(account_id).projected
+
+    def revoke_key(self, account_id: str, key_id: str, *, actor: str = "admin") -> Change:
+        with self.sessions.begin() as session:
+            self._locked(session, account_id)
+            key = session.get(ApiKey, key_id)
+            if key is None or key.account_id != account_id:
+                raise NotFound(f"No key {key_id!r} on account {account_id!r}.", code="key_not_found")
+            if key.revoked_at is None:
+                key.revoked_at = self.now()
+            self._audit(session, actor, "key.revoke", account_id, key_id=key_id)
+        return self._project(account_id)
+
+    def list_keys(self, account_id: str) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            if session.get(Account, account_id) is None:
+                raise NotFound(f"No account {account_id!r}.", code="account_not_found")
+            keys = session.scalars(select(ApiKey).where(ApiKey.account_id == account_id)
+                                   .order_by(ApiKey.created_at, ApiKey.id))
+            return [key_view(k) for k in keys]
+
+    def record_last_used(self, used: dict[tuple[str, str], float]) -> int:
+        """Sets api_keys.last_used_at from {(account, key id): epoch seconds}, only forward; returns rows changed.
+        Not an admin change: no version bump, no audit entry, no projection."""
+        changed = 0
+        with self.sessions.begin() as session:
+            for (account_id, key_id), seconds in used.items():
+                key = session.get(ApiKey, key_id)
+                if key is None or key.account_id != account_id:
+                    continue
+                moment = datetime.fromtimestamp(seconds, UTC)
+                current = key.last_used_at
+                if current is not None and current.tzinfo is None:
+                    current = current.replace(tzinfo=UTC)
+                if current is None or moment > current:
+                    key.last_used_at = moment
+                    changed += 1
+        return changed
+
+    # -- boosts --------------------------------------------------------------------------------------
+    def add_boost(self, account_id: str, calls: int, until_s: float, *, price_minor: int | None = None,
+                  actor: str = "admin") -> tuple[str, Change]:
+        if calls <= 0:
+            raise InvalidInput("A boost adds a positive number of calls.", code="bad_boost")
+        if until_s <= self.clock():
+            raise InvalidInput("A boost must end in the future.", code="bad_boost")
+        if price_minor is not None and price_minor < 0:
+            raise InvalidInput("A boost's price is zero or more minor units.", code="bad_boost")
+        with self.sessions.begin() as session:
+            account = self._locked(session, account_id)
+            boost_id = new_id(8)
+            session.add(Boost(id=boost_id, account_id=account_id, calls=calls,
+                              until=datetime.fromtimestamp(until_s, UTC), price_minor=price_minor,
+                              currency=account.currency if price_minor is not None else None, created_at=self.now()))
+            self._audit(session, actor, "boost.add", account_id, boost_id=boost_id, calls=calls, until=until_s,
+                        price_minor=price_minor)
+        return boost_id, self._project(account_id)
+
+    def audit_log(self, account_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+            if account_id is not None:
+                query = query.where(AuditEntry.account_id == account_id)
+            return [{"at": _iso(e.at), "actor": e.actor, "action": e.action, "account": e.account_id,
+                     "details": e.details} for e in session.scalars(query)]
+
+
+def connect_error(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"The database is not reachable: {type(exc).__name__}: {exc}")

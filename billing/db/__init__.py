@@ -1,0 +1,1 @@
+"""The relational store: tables (models), engine and sessions (engine), schema migrations (migrate)."""

@@ -1,0 +1,110 @@
+"""The system-of-record tables (SQLAlchemy 2.x, the same schema on SQLite and PostgreSQL).
+
+Ids are opaque lowercase strings (the API key format embeds the account and key ids). Money is integer minor
+units with its currency. Times are timezone-aware UTC. `accounts.version` grows by one on every change to the
+account, its subscription, keys or boosts: the Redis projection keeps the highest version it was given, so
+concurrent writers cannot leave an older state in Redis. Schema changes go through Alembic
+(billing/db/migrations); `migrate()` applies them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+UTC_TIME = DateTime(timezone=True)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    billing_email: Mapped[str | None] = mapped_column(String(320))
+    country: Mapped[str] = mapped_column(String(2))            # ISO 3166-1 alpha-2
+    region: Mapped[str] = mapped_column(String(8), default="")  # ISO 3166-2 subdivision code, e.g. "CA"
+    tax_id: Mapped[str | None] = mapped_column(String(64))
+    currency: Mapped[str] = mapped_column(String(3))           # fixed at creation
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    status: Mapped[str] = mapped_column(String(16), default="active")   # active | suspended
+    version: Mapped[int] = mapped_column(BigInteger, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+    subscription: Mapped[Subscription] = relationship(back_populates="account", uselist=False)
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="account", order_by="ApiKey.created_at")
+    boosts: Mapped[list[Boost]] = relationship(back_populates="account", order_by="Boost.created_at")
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(32))
+    since: Mapped[datetime] = mapped_column(UTC_TIME)
+    custom_quota: Mapped[int | None] = mapped_column(BigInteger)      # monthly calls; None = the plan's
+    overage_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    scheduled_plan: Mapped[str | None] = mapped_column(String(32))    # a downgrade or cancel at period end
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+
+    account: Mapped[Account] = relationship(back_populates="subscription")
+
+
+class PlanChange(Base):
+    __tablename__ = "plan_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    from_plan: Mapped[str | None] = mapped_column(String(32))         # None: the account was created
+    to_plan: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTC_TIME)
+    actor: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)      # of the whole key; the key is never stored
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+
+    account: Mapped[Account] = relationship(back_populates="keys")
+
+
+class Boost(Base):
+    __tablename__ = "boosts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    until: Mapped[datetime] = mapped_column(UTC_TIME)
+    price_minor: Mapped[int | None] = mapped_column(BigInteger)       # None: granted, not sold
+    currency: Mapped[str | None] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+    account: Mapped[Account] = relationship(back_populates="boosts")
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_account_at", "account_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTC_TIME)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str | None] = mapped_column(String(32))
+    details: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+
+
+__all__ = ["Account", "ApiKey", "AuditEntry", "Base", "Boost", "PlanChange", "Subscription"]

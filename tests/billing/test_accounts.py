@@ -1,0 +1,79 @@
+"""Write-through: each admin change lands in the database (with its history) and in the Redis projection that
+admit.lua reads; on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing.accounts import AccountService
+from billing.db.models import ApiKey, AuditEntry, PlanChange
+from billing.errors import Conflict, InvalidInput, NotFound
+from gateway.keys import AccountKeys, hash_api_key
+from tests.quota.conftest import epoch
+
+
+def projected(r: redis.Redis, account_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in r.hgetall(AccountKeys(account_id, 16).account).items()}
+
+
+def test_create_issue_and_change_are_in_the_database_and_in_redis(service: AccountService, r: redis.Redis,
+                                                                  db: sessionmaker[Session]) -> None:
+    change = service.create_account("Acme GmbH", "pro", country="de", billing_email="billing@acme.example")
+    account_id = change.account["id"]
+    assert change.projected and change.account["subscription"]["plan"] == "pro"
+    issued, was_projected = service.issue_key(account_id, "ci")
+    assert was_projected
+    keys = AccountKeys(account_id, 16)
+    stored = r.hgetall(keys.api_key(issued.key_id))
+    assert stored[b"sha256"] == hash_api_key(issued.api_key).encode() and stored[b"status"] == b"active"
+    with db() as session:
+        [row] = session.scalars(select(ApiKey).where(ApiKey.account_id == account_id))
+        assert row.sha256 == hash_api_key(issued.api_key) and issued.api_key not in repr(row.__dict__)
+    service.set_plan(account_id, "enterprise", actor="ops@aihub")
+    service.set_status(account_id, "suspended")
+    service.revoke_key(account_id, issued.key_id)
+    after = projected(r, account_id)
+    assert (after["plan"], after["status"], after["country"]) == ("enterprise", "suspended", "DE")
+    assert r.hget(keys.api_key(issued.key_id), "status") == b"revoked"
+    with db() as session:
+        changes = [(c.from_plan, c.to_plan, c.actor) for c in session.scalars(
+            select(PlanChange).where(PlanChange.account_id == account_id).order_by(PlanChange.id))]
+        actions = [e.action for e in session.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    assert changes == [(None, "pro", "admin"), ("pro", "enterprise", "ops@aihub")]
+    assert actions == ["account.create", "key.issue", "subscription.plan", "account.status", "key.revoke"]
+    assert int(after["version"]) == service.get_account(account_id)["version"] == 5
+
+
+def test_policies_and_errors(service: AccountService) -> None:
+    free = service.create_account("Free one", "free").account["id"]
+    with pytest.raises(InvalidInput, match="pay-as-you-go"):
+        service.set_overage(free, True)
+    with pytest.raises(InvalidInput, match="custom quota"):
+        service.set_custom_quota(free, 10)
+    ent = service.create_account("Big", "enterprise").account["id"]
+    with pytest.raises(InvalidInput, match="unlimited"):
+        service.set_custom_quota(ent, 10)
+    with pytest.raises(InvalidInput):
+        service.create_account("x", "platinum")
+    with pytest.raises(Conflict):
+        service.create_account("again", "free", account_id=free)
+    with pytest.raises(NotFound):
+        service.set_plan("nosuchacct", "pro")
+    with pytest.raises(NotFound):
+        service.revoke_key(free, "nokey123")
+    with pytest.raises(InvalidInput, match="future"):
+        service.add_boost(free, 10, epoch("2020-01-01T00:00:00"))
+
+
+def test_boosts_and_custom_quota_reach_the_projection(service: AccountService, r: redis.Redis) -> None:
+    account_id = service.create_account("Pro", "pro").account["id"]
+    service.set_custom_quota(account_id, 20_000)
+    boost_id, change = service.add_boost(account_id, 500, service.clock() + 86400, price_minor=990)
+    assert change.projected and change.account["boosts"][0]["price_minor"] == 990
+    assert projected(r, account_id)["custom_quota"] == "20000"
+    assert r.zrange(AccountKeys(account_id, 16).boosts, 0, -1) == [f"{boost_id}:500".encode()]
+    service.set_plan(account_id, "free")              # Free allows neither custom quota nor overage
+    assert projected(r, account_id)["custom_quota"] == ""
