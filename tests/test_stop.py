@@ -77,17 +77,19 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> float:
 
 
 # -- make up ---------------------------------------------------------------------------------------------
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """`python -m gateway up` in its own session (as a terminal runs it), on private ports and directories."""
-    port = free_port()
+def start_stack(tmp_path: Path, port: int) -> dict[str, Any]:
+    """`python -m gateway up` in its own session (as a terminal runs it), on private ports and directories under
+    `tmp_path` (a second start on the same `tmp_path` finds the state the first one kept)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_URL", "AIHUB_UPSTREAM_DEFAULT_URL", "AIHUB_UPSTREAM_DEFAULT_KEY", "AIHUB_ENV_FILE")}
+           if k not in ("REDIS_URL", "AIHUB_UPSTREAM_DEFAULT_URL", "AIHUB_UPSTREAM_DEFAULT_KEY", "AIHUB_ENV_FILE",
+                        "DATABASE_URL")}
     env.update({"AIHUB_PORT": str(port), "AIHUB_VAR_DIR": str(tmp_path / "var"),
                 "CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}", "AIHUB_SPOOL_DIR": str(tmp_path / "spool"),
                 "AIHUB_DRAIN_INTERVAL_S": "600",     # only the stop's last drain loads the rows
+                "AIHUB_FORWARD_HEADERS": "x-fake-latency-ms",
                 "PYTHONPATH": str(ROOT)})
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    runs = len(list(tmp_path.glob("stdout*.txt")))
+    out, err = tmp_path / f"stdout{runs}.txt", tmp_path / f"stderr{runs}.txt"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "up"], env=env, stdout=stdout, stderr=stderr,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -100,16 +102,32 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             assert time.monotonic() < deadline, "make up did not print its banner"
             time.sleep(0.05)
         wait_http(info["url"] + "/healthz")
-        info["keys"] = {m.group(1): m.group(3) for m in map(KEY_LINE.match, out.read_text().splitlines()) if m}
+    except BaseException:
+        stop_stack(info)
+        raise
+    info["keys"] = {m.group(1): m.group(3) for m in map(KEY_LINE.match, out.read_text().splitlines()) if m}
+    return info
+
+
+def stop_stack(info: dict[str, Any], timeout: float = 40) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the process group); killed if it does not stop in time."""
+    proc = info["proc"]
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    info = start_stack(tmp_path, free_port())
+    try:
         yield info
     finally:
-        if proc.poll() is None:            # a failed test: stop it as Ctrl-C does, so it stops its children
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_stack(info)
 
 
 def test_ctrl_c_on_make_up_loads_every_answered_call_into_clickhouse(stack: dict[str, Any]) -> None:
@@ -245,3 +263,39 @@ def test_sigterm_on_the_worker_drains_what_is_left_before_it_exits(redis_url: st
     with ClickHouse(f"chdb://{tmp_path / 'chdb'}") as ch:
         loaded = {rid for (rid,) in ch.query("SELECT rid FROM usage_rows FINAL")}
     assert loaded == {e["rid"] for e in entries}
+
+
+def test_make_up_keeps_keys_counters_and_boosts_across_a_restart(tmp_path: Path) -> None:
+    first = start_stack(tmp_path, free_port())
+    try:
+        free_key = first["keys"]["free"]
+        for _ in range(3):
+            assert chat(first["url"], free_key)[0] == 200
+        env = {**first["env"], "REDIS_URL": json.loads((tmp_path / "var" / "runtime.json").read_text())["redis_url"]}
+        boost = subprocess.run([sys.executable, "-m", "gateway", "boost", "demofree", "--calls", "7",
+                                "--until", "2099-01-01", "--json"], env=env, capture_output=True, text=True)
+        assert boost.returncode == 0, boost.stderr
+        assert chat(first["url"], free_key)[0] == 200
+        time.sleep(1.5)                        # settled, and the append-only file fsynced (every second)
+    finally:
+        stop_stack(first)
+    assert first["proc"].returncode == 0
+
+    second = start_stack(tmp_path, free_port())
+    try:
+        banner = second["stdout"].read_text()
+        assert second["keys"] == {}, "demo accounts are created once; their keys are not printed again"
+        assert "aihub issue-key demofree" in banner
+        status = urllib.request.Request(f"{second['url']}/v1/models", headers={"Authorization": f"Bearer {free_key}"})
+        with urllib.request.urlopen(status, timeout=10) as response:
+            assert response.status == 200                              # the same key works
+        request = urllib.request.Request(f"{second['url']}/v1/chat/completions", data=BODY, method="POST",
+                                         headers={"Authorization": f"Bearer {free_key}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            # 4 calls used before the restart, this is the 5th; the limit is 100 + the boost of 7
+            assert response.headers["x-quota-limit"] == "107"
+            assert response.headers["x-quota-remaining"] == str(107 - 5)
+    finally:
+        stop_stack(second)
+    assert bad_lines(second["stderr"].read_text()) == []

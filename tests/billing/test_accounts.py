@@ -11,8 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing.accounts import AccountService
 from billing.db.models import ApiKey, AuditEntry, PlanChange
 from billing.errors import Conflict, InvalidInput, NotFound
+from billing.projection import Projector, load_account, resync
+from gateway.catalog import Catalog
 from gateway.keys import AccountKeys, hash_api_key
-from tests.quota.conftest import epoch
+from gateway.redis_server import RedisServer
+from tests.quota.conftest import PinnedClock, epoch
 
 
 def projected(r: redis.Redis, account_id: str) -> dict[str, str]:
@@ -77,3 +80,83 @@ def test_boosts_and_custom_quota_reach_the_projection(service: AccountService, r
     assert r.zrange(AccountKeys(account_id, 16).boosts, 0, -1) == [f"{boost_id}:500".encode()]
     service.set_plan(account_id, "free")              # Free allows neither custom quota nor overage
     assert projected(r, account_id)["custom_quota"] == ""
+
+
+def test_a_change_made_while_redis_is_down_is_saved_and_applied_by_resync(
+        db: sessionmaker[Session], r: redis.Redis, catalog: Catalog, redis_server: RedisServer) -> None:
+    clock = PinnedClock()
+    service = AccountService(db, Projector(r, 16, clock), catalog, clock)
+    account_id = service.create_account("Acme", "free").account["id"]
+    redis_server.stop()
+    try:
+        change = service.set_plan(account_id, "pro")
+        assert not change.projected and change.account["subscription"]["plan"] == "pro"
+        issued, key_projected = service.issue_key(account_id, "while-down")
+        assert not key_projected
+    finally:
+        redis_server.start()
+    down_client = redis.Redis.from_url(redis_server.url)
+    service = AccountService(db, Projector(down_client, 16, clock), catalog, clock)
+    assert projected(down_client, account_id).get("plan") != "pro"   # a fresh server: nothing projected yet
+    report = resync(db, service.projector)
+    assert report.projected == 1
+    assert projected(down_client, account_id)["plan"] == "pro"
+    assert down_client.hget(AccountKeys(account_id, 16).api_key(issued.key_id), "status") == b"active"
+    assert resync(db, service.projector).projected == 1                 # idempotent
+    down_client.close()
+
+
+def test_resync_reports_and_prunes_accounts_the_database_does_not_know(
+        service: AccountService, r: redis.Redis, catalog: Catalog) -> None:
+    from gateway.accounts import AccountStore
+    known = service.create_account("Known", "pro").account["id"]
+    ghost = AccountStore(r, catalog, 16).create_account("Ghost", "enterprise")
+    report = resync(service.sessions, service.projector)
+    assert report.orphans == [ghost] and r.exists(AccountKeys(ghost, 16).account)
+    report = resync(service.sessions, service.projector, prune=True)
+    assert report.orphans == [ghost] and not r.exists(AccountKeys(ghost, 16).account)
+    assert r.exists(AccountKeys(known, 16).account)
+
+
+def test_an_older_version_never_overwrites_a_newer_one(service: AccountService, r: redis.Redis) -> None:
+    account_id = service.create_account("Racy", "free").account["id"]
+    with service.sessions() as session:
+        stale = load_account(session, account_id)
+    service.set_plan(account_id, "enterprise")
+    assert stale is not None and not service.projector.project(stale)   # version 1 < 2: skipped
+    assert projected(r, account_id)["plan"] == "enterprise"
+
+
+def _change_plans(url: str, redis_url: str, account_id: str, plans: list[str]) -> None:
+    from billing.db.engine import make_engine, sessions
+    from gateway.catalog import load_catalog
+    from gateway.settings import ROOT
+    engine = make_engine(url)
+    client = redis.Redis.from_url(redis_url)
+    service = AccountService(sessions(engine), Projector(client, 16), load_catalog(ROOT / "config" / "catalog.toml"))
+    for plan in plans:
+        service.set_plan(account_id, plan, actor=f"proc-{plans[0]}")
+        service.set_overage(account_id, False)
+    client.close()
+    engine.dispose()
+
+
+def test_two_processes_changing_one_account_leave_the_database_and_redis_equal(
+        service: AccountService, r: redis.Redis, database_url: str, redis_url: str) -> None:
+    import multiprocessing
+    account_id = service.create_account("Contended", "free").account["id"]
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_change_plans, args=(database_url, redis_url, account_id, plans))
+             for plans in (["pro", "enterprise"] * 15, ["enterprise", "free"] * 15)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    final = service.get_account(account_id)
+    assert final["version"] == 1 + 2 * 60
+    stored = projected(r, account_id)
+    assert stored["plan"] == final["subscription"]["plan"] and int(stored["version"]) == final["version"]
+    with service.sessions() as session:
+        assert session.scalars(select(PlanChange).where(PlanChange.account_id == account_id)).all()[-1].to_plan \
+            == final["subscription"]["plan"]
