@@ -1,5 +1,6 @@
-"""The worker role in one process: schema migrations, a Dramatiq Worker on the Redis broker, and the
-scheduler that enqueues the usage drain every AIHUB_DRAIN_INTERVAL_S.
+"""The worker role in one process: schema migrations, a Dramatiq Worker on the Redis broker, the
+scheduler that enqueues the usage drain every AIHUB_DRAIN_INTERVAL_S, and the one that records the API
+keys' last-used times in the system-of-record database every minute (billing_worker.last_used).
 
 `make up` runs it inside the gateway process (with chDB only one process may own the data directory);
 `python -m billing_worker worker` runs it alone (docker-compose, or beside gateway processes).
@@ -15,12 +16,14 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from dramatiq import Worker
 
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.errors import BillingWorkerError
+from billing_worker.last_used import INTERVAL_S, sync_last_used
 from billing_worker.migrate import migrate
 from billing_worker.settings import Settings
 
@@ -48,6 +51,67 @@ class DrainScheduler(threading.Thread):
         self.join(10)
 
 
+def _open_accounts() -> Any:
+    from billing.store import open_accounts
+    return open_accounts()
+
+
+class LastUsedScheduler(threading.Thread):
+    """Every `interval_s`, copies the keys' last-used times from Redis into the database.
+
+    The database is opened lazily in this thread (`opener`, default `billing.store.open_accounts()`: a Store
+    with `.redis` and `.accounts`); when it cannot be opened a warning is logged once and the tick is
+    skipped (the next tick tries again). One last sync runs when the scheduler stops."""
+
+    def __init__(self, interval_s: float = INTERVAL_S, opener: Callable[[], Any] = _open_accounts) -> None:
+        super().__init__(name="last-used-scheduler", daemon=True)
+        self.interval_s = interval_s
+        self.opener = opener
+        self.stopped = threading.Event()
+        self.store: Any = None
+        self.warned = False
+        self.synced: dict[tuple[str, str], float] = {}
+
+    def _open(self) -> Any:
+        if self.store is None:
+            try:
+                self.store = self.opener()
+            except Exception as exc:
+                if not self.warned:
+                    self.warned = True
+                    log.warning("last-used times are not recorded: the accounts database cannot be opened: %s",
+                                exc)
+                return None
+        return self.store
+
+    def tick(self) -> int | None:
+        """One sync; the rows changed, or None when the database or Redis could not be used."""
+        store = self._open()
+        if store is None:
+            return None
+        try:
+            return sync_last_used(store.redis, store.accounts, self.synced)
+        except Exception:           # Redis restarting, database busy: try again next tick
+            log.warning("could not record the keys' last-used times", exc_info=True)
+            return None
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.interval_s):
+                self.tick()
+            if self.store is not None:
+                self.tick()
+        finally:
+            if self.store is not None:
+                with contextlib.suppress(Exception):
+                    self.store.close()
+                self.store = None
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(10)
+
+
 @contextlib.contextmanager
 def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
     settings = settings or Settings.from_env()
@@ -59,10 +123,13 @@ def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
     worker.start()
     scheduler = DrainScheduler(settings.drain_interval_s)
     scheduler.start()
+    last_used = LastUsedScheduler()
+    last_used.start()
     try:
         yield
     finally:
         scheduler.stop()
+        last_used.stop()
         worker.stop(timeout=30_000)
         try:
             last_drain()
@@ -88,6 +155,10 @@ def run_worker(settings: Settings | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    from gateway.cli import resync_at_start
+    from gateway.runtime import stack_environ
+    from gateway.settings import environment
+    resync_at_start(stack_environ(environment())[0])   # the database is the record: Redis follows it
     with embedded_worker(settings):
         done.wait()
     return 0

@@ -156,7 +156,13 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
                                   "orphans": report.orphans, "pruned": report.pruned}
         if args.counters:
             from billing_worker.counters import rebuild_all_counters
-            result["counters"] = rebuild_all_counters(dict(environ))
+            from billing_worker.errors import BillingWorkerError
+            try:
+                result["counters"] = rebuild_all_counters(dict(environ))
+            except BillingWorkerError as exc:
+                raise GatewayError(f"the projection was rebuilt ({report.projected} accounts) but not the counters: "
+                                   f"{exc}. With embedded chDB only one process may open it: stop `make up` "
+                                   "first, or use a ClickHouse server.") from None
         emit(result, out)
     elif args.command == "create-account":
         change = accounts.create_account(args.name, args.plan, country=args.country, region=args.region,

@@ -11,6 +11,7 @@ import redis
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.migrate import migrate
 from billing_worker.settings import Settings
+from gateway.redis_server import RedisCluster
 
 
 @pytest.fixture
@@ -51,3 +52,16 @@ def dead_letters(client: redis.Redis, shards: int = 16) -> list[dict[str, str]]:
             out.append({(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                         for k, v in fields.items()})
     return out
+
+
+@pytest.fixture
+def cluster_redis(redis_cluster: RedisCluster) -> Iterator[redis.RedisCluster]:
+    """A client of the session's Redis Cluster, emptied; every node's connections are closed afterwards."""
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    yield client
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            node.redis_connection.connection_pool.disconnect()
+    client.close()
