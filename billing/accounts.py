@@ -44,6 +44,12 @@ class Change:
     projected: bool       # False: saved, Redis not updated yet (resync applies it)
 
 
+def next_period_start(moment: datetime) -> datetime:
+    """00:00 UTC on the 1st of the month after `moment`."""
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
 def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
@@ -124,6 +130,10 @@ class AccountService:
         account_id = account_id or new_id()
         if not ID_RE.match(account_id):
             raise InvalidInput("Account ids are 4 to 32 lowercase letters or digits.", code="bad_account_id")
+        currency = (currency or self.catalog.currency).upper()
+        if currency not in self.catalog.currencies:
+            raise InvalidInput(f"Currency {currency!r} is not priced by every plan; use one of "
+                               f"{', '.join(self.catalog.currencies)}.", code="bad_currency")
         country, region = country.upper(), region.upper()
         if not COUNTRY_RE.match(country) or not REGION_RE.match(region):
             raise InvalidInput("Country is an ISO 3166-1 alpha-2 code (e.g. DE); region up to 3 letters or "
@@ -132,7 +142,7 @@ class AccountService:
             raise InvalidInput("An account name is 1 to 200 characters.", code="bad_name")
         now = self.now()
         account = Account(id=account_id, name=name.strip(), billing_email=billing_email, country=country,
-                          region=region, tax_id=tax_id, currency=(currency or self.catalog.currency).upper(),
+                          region=region, tax_id=tax_id, currency=currency,
                           language=language, status="active", version=1, created_at=now)
         try:
             with self.sessions.begin() as session:
@@ -174,23 +184,76 @@ class AccountService:
         return self._project(account_id)
 
     # -- subscription --------------------------------------------------------------------------------
-    def set_plan(self, account_id: str, plan: str, *, actor: str = "admin") -> Change:
+    def set_plan(self, account_id: str, plan: str, *, now: bool = False, actor: str = "admin") -> Change:
+        """An upgrade (a higher price in the account's currency) or a lateral change takes effect at once; a
+        downgrade is scheduled for the start of the next period (`now=True` applies it at once). The gateway's
+        limits follow when the plan changes. A new change replaces a scheduled one."""
         new = self._plan(plan)
         with self.sessions.begin() as session:
             account = self._locked(session, account_id)
             sub = session.get(Subscription, account_id)
             assert sub is not None
             before = sub.plan
-            if before != plan:
-                sub.plan, sub.since = plan, self.now()
-                if sub.custom_quota is not None and (not new.custom_quota or new.unlimited_calls):
-                    sub.custom_quota = None          # the new plan has no custom quota
-                if new.overage != "payg_optional":
-                    sub.overage_enabled = False
-                session.add(PlanChange(account_id=account_id, from_plan=before, to_plan=plan, at=self.now(),
-                                       actor=actor))
-            self._audit(session, actor, "subscription.plan", account.id, before=before, after=plan)
+            old = self._plan(before)
+            cheaper = (new.prices_minor or {}).get(account.currency, 0) < (old.prices_minor or {}).get(
+                account.currency, 0)
+            if plan == before:
+                sub.scheduled_plan = sub.scheduled_at = None
+            elif cheaper and not now:
+                sub.scheduled_plan, sub.scheduled_at = plan, next_period_start(self.now())
+            else:
+                self._change_plan(session, sub, plan, self.now(), actor)
+            self._audit(session, actor, "subscription.plan", account.id, before=before, requested=plan,
+                        scheduled_for=_iso(sub.scheduled_at))
         return self._project(account_id)
+
+    def cancel(self, account_id: str, *, actor: str = "admin") -> Change:
+        """Cancels the paid subscription at the end of the period: the account moves to the free plan then."""
+        return self.set_plan(account_id, self.free_plan(), actor=actor)
+
+    def cancel_scheduled_change(self, account_id: str, *, actor: str = "admin") -> Change:
+        with self.sessions.begin() as session:
+            self._locked(session, account_id)
+            sub = session.get(Subscription, account_id)
+            assert sub is not None
+            if sub.scheduled_plan is None:
+                raise InvalidInput("No plan change is scheduled for this account.", code="nothing_scheduled")
+            dropped, sub.scheduled_plan, sub.scheduled_at = sub.scheduled_plan, None, None
+            self._audit(session, actor, "subscription.unschedule", account_id, dropped=dropped)
+        return self._project(account_id)
+
+    def apply_scheduled_changes(self, *, actor: str = "scheduler") -> list[str]:
+        """Applies every scheduled change that is due (at its own time, the start of a period); the accounts."""
+        due_at = self.now()
+        with self.sessions() as session:
+            due = list(session.scalars(select(Subscription.account_id).where(
+                Subscription.scheduled_at.is_not(None), Subscription.scheduled_at <= due_at)))
+        applied = []
+        for account_id in due:
+            with self.sessions.begin() as session:
+                self._locked(session, account_id)
+                sub = session.get(Subscription, account_id)
+                assert sub is not None
+                if sub.scheduled_plan is None or sub.scheduled_at is None:
+                    continue
+                at = sub.scheduled_at if sub.scheduled_at.tzinfo else sub.scheduled_at.replace(tzinfo=UTC)
+                self._change_plan(session, sub, sub.scheduled_plan, at, actor)
+                self._audit(session, actor, "subscription.scheduled_change", account_id, plan=sub.plan)
+            self._project(account_id)
+            applied.append(account_id)
+        return applied
+
+    def free_plan(self) -> str:
+        return min(self.catalog.plans.values(), key=lambda p: p.price_minor).name
+
+    def _change_plan(self, session: Session, sub: Subscription, plan: str, at: datetime, actor: str) -> None:
+        new = self._plan(plan)
+        session.add(PlanChange(account_id=sub.account_id, from_plan=sub.plan, to_plan=plan, at=at, actor=actor))
+        sub.plan, sub.since, sub.scheduled_plan, sub.scheduled_at = plan, at, None, None
+        if sub.custom_quota is not None and (not new.custom_quota or new.unlimited_calls):
+            sub.custom_quota = None          # the new plan has no custom quota
+        if new.overage != "payg_optional":
+            sub.overage_enabled = False
 
     def set_custom_quota(self, account_id: str, calls: int | None, *, actor: str = "admin") -> Change:
         with self.sessions.begin() as session:

@@ -15,7 +15,8 @@ NAME_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 MODEL_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")   # no '|': reservation records are '|'-separated
 OVERAGE_POLICIES = ("hard", "payg_optional", "unlimited")
 NANOS_PER_UNIT = 10**9
-MINOR_PER_UNIT = 100
+MINOR_PER_UNIT = 100        # every catalog currency (USD, EUR, CNY, ...) has two decimals
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 MAX_CALLS_PER_REQUEST = 255   # usage rows store calls as UInt8
 
 
@@ -43,6 +44,8 @@ class Plan:
     overage_minor_per_call: int
     custom_quota: bool
     support: str
+    prices_minor: dict[str, int] | None = None           # monthly price by currency (ISO 4217), minor units
+    overage_prices_minor: dict[str, int] | None = None   # per overage call by currency, minor units
     max_calls_per_request: int = 1     # n x prompts one request may ask for (400 above it)
     max_output_tokens: int = 0         # cap on max_tokens / max_completion_tokens / max_output_tokens; 0 = none
 
@@ -76,6 +79,12 @@ class Catalog:
     models: dict[str, Model]
     upstreams: tuple[str, ...]
 
+    @property
+    def currencies(self) -> tuple[str, ...]:
+        """Currencies every plan has a price in: an account may be created in one of these."""
+        common = set.intersection(*(set(p.prices_minor or {}) for p in self.plans.values()))
+        return tuple(sorted(common))
+
     def plans_arg(self) -> str:
         """All plans encoded once for admit.lua's ARGV: `|name=spec|name=spec|` (constant for a process).
 
@@ -83,7 +92,19 @@ class Catalog:
         return "|" + "|".join(f"{name}={plan.lua_spec()}" for name, plan in self.plans.items()) + "|"
 
 
-def _plan(name: str, raw: dict[str, Any]) -> Plan:
+def _prices(where: str, table: Any, default: Any, currency: str) -> dict[str, int]:
+    """{currency: minor units}; the catalog currency's entry defaults to the plan's single-currency price."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"catalog {where} must be a table of currency = \"amount\"")
+    prices = {currency: int(_decimal(where, default) * MINOR_PER_UNIT)}
+    for code, amount in table.items():
+        if not CURRENCY_RE.match(code):
+            raise ConfigError(f"catalog {where}.{code}: currencies are ISO 4217 codes such as USD or CNY")
+        prices[code] = int(_decimal(f"{where}.{code}", amount) * MINOR_PER_UNIT)
+    return prices
+
+
+def _plan(name: str, raw: dict[str, Any], currency: str = "USD") -> Plan:
     where = f"plans.{name}"
     if not NAME_RE.match(name):
         raise ConfigError(f"catalog {where}: plan names are lowercase letters, digits and '_'")
@@ -118,6 +139,9 @@ def _plan(name: str, raw: dict[str, Any]) -> Plan:
                                             raw.get("overage_price_per_call", "0")) * MINOR_PER_UNIT),
         custom_quota=bool(raw.get("custom_quota", False)), support=str(raw.get("support", "")),
         max_calls_per_request=max_calls, max_output_tokens=max_tokens,
+        prices_minor=_prices(f"{where}.prices", raw.get("prices", {}), raw.get("price", "0"), currency),
+        overage_prices_minor=_prices(f"{where}.overage_prices_per_call", raw.get("overage_prices_per_call", {}),
+                                     raw.get("overage_price_per_call", "0"), currency),
     )
 
 
@@ -147,7 +171,8 @@ def load_catalog(path: Path) -> Catalog:
         raise ConfigError(f"catalog file {path} is not valid TOML: {exc}") from None
     if not raw.get("plans"):
         raise ConfigError(f"catalog {path} declares no plans")
-    plans = {name: _plan(name, body) for name, body in raw["plans"].items()}
+    currency = str(raw.get("currency", "USD"))
+    plans = {name: _plan(name, body, currency) for name, body in raw["plans"].items()}
     upstreams = tuple(raw.get("upstreams", {}).keys())
     for upstream in upstreams:
         if not NAME_RE.match(upstream):   # also names AIHUB_UPSTREAM_<NAME>_URL

@@ -110,9 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = command("revoke-key", "revoke an API key (refused at once)")
     revoke.add_argument("account")
     revoke.add_argument("key_id")
-    plan = command("set-plan", "change the account's plan")
+    plan = command("set-plan", "change the plan: upgrades at once, downgrades at the start of the next period")
     plan.add_argument("account")
     plan.add_argument("plan")
+    plan.add_argument("--now", action="store_true", help="apply a downgrade at once")
+    cancel = command("cancel", "cancel the paid plan at the end of the period (the account moves to the free plan)")
+    cancel.add_argument("account")
+    unschedule = command("unschedule", "cancel a scheduled plan change")
+    unschedule.add_argument("account")
     quota = command("set-quota", "custom monthly calls quota (plans that allow it), or 'default'")
     quota.add_argument("account")
     quota.add_argument("calls")
@@ -190,7 +195,9 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
     else:
         change = {
             "revoke-key": lambda: accounts.revoke_key(args.account, args.key_id, actor="cli"),
-            "set-plan": lambda: accounts.set_plan(args.account, args.plan, actor="cli"),
+            "set-plan": lambda: accounts.set_plan(args.account, args.plan, now=args.now, actor="cli"),
+            "cancel": lambda: accounts.cancel(args.account, actor="cli"),
+            "unschedule": lambda: accounts.cancel_scheduled_change(args.account, actor="cli"),
             "set-quota": lambda: accounts.set_custom_quota(args.account, _calls(args.calls), actor="cli"),
             "set-overage": lambda: accounts.set_overage(args.account, args.state == "on", actor="cli"),
             "set-status": lambda: accounts.set_status(args.account, args.status, actor="cli"),

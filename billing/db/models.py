@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -107,4 +107,68 @@ class AuditEntry(Base):
     details: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
 
 
-__all__ = ["Account", "ApiKey", "AuditEntry", "Base", "Boost", "PlanChange", "Subscription"]
+class InvoiceCounter(Base):
+    """The last invoice number issued in a year; incremented in the invoice's own transaction (gap-free)."""
+
+    __tablename__ = "invoice_counters"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Invoice(Base):
+    """One per (account, period): the unique constraint makes a second close, or a concurrent one, fail to
+    insert instead of issuing twice. States: draft -> open -> paid | void | uncollectible."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (UniqueConstraint("account_id", "period", name="uq_invoices_account_period"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)          # AH-2026-000123
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    period: Mapped[str] = mapped_column(String(7))                        # YYYY-MM, UTC calendar month
+    status: Mapped[str] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(3))
+    language: Mapped[str] = mapped_column(String(8))
+    issued_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    due_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    subtotal_minor: Mapped[int] = mapped_column(BigInteger)
+    tax_minor: Mapped[int] = mapped_column(BigInteger)
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    tax: Mapped[dict[str, object]] = mapped_column(JSON)      # rate (percent, decimal string), jurisdiction, note
+    customer: Mapped[dict[str, object]] = mapped_column(JSON)  # the account's billing details when issued
+    usage: Mapped[dict[str, object]] = mapped_column(JSON)    # calls, tokens, list cost by model
+    paid_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+    voided_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+    lines: Mapped[list[InvoiceLine]] = relationship(back_populates="invoice", order_by="InvoiceLine.position")
+
+
+class InvoiceLine(Base):
+    __tablename__ = "invoice_lines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))             # subscription | overage | boost
+    description: Mapped[str] = mapped_column(String(300))
+    quantity: Mapped[str] = mapped_column(String(32))         # decimal text: days, calls, 1
+    unit_amount_minor: Mapped[int] = mapped_column(BigInteger)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+
+    invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class PeriodClose(Base):
+    """A period whose close ran to the end (the scheduler runs a missed close when the worker starts)."""
+
+    __tablename__ = "period_closes"
+
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    closed_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    invoices: Mapped[int] = mapped_column(Integer)
+
+
+__all__ = ["Account", "ApiKey", "AuditEntry", "Base", "Boost", "Invoice", "InvoiceCounter", "InvoiceLine",
+           "PeriodClose", "PlanChange", "Subscription"]

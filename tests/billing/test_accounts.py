@@ -78,8 +78,34 @@ def test_boosts_and_custom_quota_reach_the_projection(service: AccountService, r
     assert change.projected and change.account["boosts"][0]["price_minor"] == 990
     assert projected(r, account_id)["custom_quota"] == "20000"
     assert r.zrange(AccountKeys(account_id, 16).boosts, 0, -1) == [f"{boost_id}:500".encode()]
-    service.set_plan(account_id, "free")              # Free allows neither custom quota nor overage
+    service.set_plan(account_id, "free", now=True)    # Free allows neither custom quota nor overage
     assert projected(r, account_id)["custom_quota"] == ""
+
+
+def test_upgrades_apply_at_once_and_downgrades_at_the_next_period(service: AccountService, r: redis.Redis,
+                                                                  db: sessionmaker[Session]) -> None:
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    clock.set("2028-11-20T09:30:00")
+    account_id = service.create_account("Mover", "pro").account["id"]
+    up = service.set_plan(account_id, "enterprise")
+    assert up.account["subscription"]["plan"] == "enterprise" and projected(r, account_id)["plan"] == "enterprise"
+    down = service.set_plan(account_id, "free").account["subscription"]
+    assert (down["plan"], down["scheduled_plan"], down["scheduled_at"]) == ("enterprise", "free",
+                                                                           "2028-12-01T00:00:00Z")
+    assert projected(r, account_id)["plan"] == "enterprise"          # the limits stay until the period ends
+    service.cancel_scheduled_change(account_id)
+    assert service.get_account(account_id)["subscription"]["scheduled_plan"] is None
+    service.cancel(account_id)
+    assert service.apply_scheduled_changes() == []                  # not due yet
+    clock.set("2028-12-01T00:00:05")
+    assert service.apply_scheduled_changes() == [account_id]
+    assert projected(r, account_id)["plan"] == "free"
+    with db() as session:
+        last = session.scalars(select(PlanChange).where(PlanChange.account_id == account_id)
+                               .order_by(PlanChange.id.desc())).first()
+    assert last is not None and (last.from_plan, last.to_plan) == ("enterprise", "free")
+    assert last.at.replace(tzinfo=None).isoformat() == "2028-12-01T00:00:00"
 
 
 def test_a_change_made_while_redis_is_down_is_saved_and_applied_by_resync(
