@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gateway.errors import ConfigError
-from gateway.settings import environment, var_dir
+from gateway.settings import ROOT, environment, var_dir
 
 SUPPORTED = ("sqlite", "postgresql")
 
@@ -21,6 +22,12 @@ SUPPORTED = ("sqlite", "postgresql")
 @dataclass(frozen=True)
 class Settings:
     database_url: str
+    seller_name: str = "AI Hub"
+    seller_address: str = ""
+    seller_country: str = "DE"          # AIHUB_SELLER_COUNTRY: decides domestic VAT and reverse charge
+    seller_tax_id: str = ""
+    invoice_net_days: int = 14          # AIHUB_INVOICE_NET_DAYS: due date = issue date + net days
+    tax_table: Path = ROOT / "config" / "tax.toml"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -32,4 +39,13 @@ class Settings:
             raise ConfigError(f"DATABASE_URL={url!r} is malformed: {exc}") from None
         if backend not in SUPPORTED:
             raise ConfigError(f"DATABASE_URL={url!r}: the database must be one of {', '.join(SUPPORTED)}")
-        return cls(database_url=url)
+        country = env.get("AIHUB_SELLER_COUNTRY") or cls.seller_country
+        if len(country) != 2 or not country.isalpha():
+            raise ConfigError(f"AIHUB_SELLER_COUNTRY={country!r} must be an ISO 3166-1 alpha-2 code such as DE")
+        net = env.get("AIHUB_INVOICE_NET_DAYS") or str(cls.invoice_net_days)
+        if not net.isdigit() or int(net) > 365:
+            raise ConfigError(f"AIHUB_INVOICE_NET_DAYS={net!r} must be a whole number of days (0 to 365)")
+        return cls(database_url=url, seller_name=env.get("AIHUB_SELLER_NAME") or cls.seller_name,
+                   seller_address=env.get("AIHUB_SELLER_ADDRESS") or "", seller_country=country.upper(),
+                   seller_tax_id=env.get("AIHUB_SELLER_TAX_ID") or "", invoice_net_days=int(net),
+                   tax_table=Path(env.get("AIHUB_TAX_TABLE") or cls.tax_table))

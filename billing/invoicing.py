@@ -1,0 +1,207 @@
+"""Monthly close: one invoice per (account, period), issued at 00:00 UTC on the 1st for the month that ended.
+
+`close_period(...)` prices each account (billing.pricing, billing.tax) and inserts its invoice in one
+transaction that also allocates the next number of the issue year (`AH-2026-000123`, from invoice_counters,
+row-locked): a rolled-back insert gives its number back, so numbering has no gaps. The unique constraint on
+(account, period) makes a second close, a concurrent close or a re-run after a crash skip what exists: exactly one
+invoice per account, with the same lines. Usage quantities come in from ClickHouse (`usage_rows FINAL`, through
+the worker: `usage`); the domain does not read ClickHouse itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from billing.db.models import Account, Boost, Invoice, InvoiceCounter, InvoiceLine, PeriodClose, PlanChange
+from billing.errors import InvalidInput, NotFound
+from billing.pricing import (
+    AccountUsage,
+    Line,
+    Period,
+    PlanChangeAt,
+    SoldBoost,
+    boost_lines,
+    overage_lines,
+    plan_days,
+    subscription_lines,
+)
+from billing.tax import TaxTable
+from gateway.catalog import Catalog
+
+STATES = ("draft", "open", "paid", "void", "uncollectible")
+
+
+@dataclass(frozen=True)
+class Seller:
+    name: str
+    address: str
+    country: str
+    tax_id: str
+
+
+@dataclass
+class CloseReport:
+    period: str
+    issued: list[str] = field(default_factory=list)       # invoice numbers issued by this run
+    existing: int = 0                                     # accounts invoiced before (an earlier or concurrent run)
+    total_minor_by_currency: dict[str, int] = field(default_factory=dict)
+
+
+def parse_period(name: str) -> Period:
+    try:
+        datetime.strptime(name, "%Y-%m")
+    except ValueError:
+        raise InvalidInput(f"A period is YYYY-MM, not {name!r}.", code="bad_period") from None
+    return Period(name)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Invoicer:
+    def __init__(self, sessions: sessionmaker[Session], catalog: Catalog, tax: TaxTable, seller: Seller,
+                 net_days: int = 14) -> None:
+        self.sessions = sessions
+        self.catalog = catalog
+        self.tax = tax
+        self.seller = seller
+        self.net_days = net_days
+
+    # -- pricing -------------------------------------------------------------------------------------
+    def lines_for(self, session: Session, account: Account, period: Period, usage: AccountUsage) -> list[Line]:
+        changes = [PlanChangeAt(c.at, c.to_plan) for c in session.scalars(
+            select(PlanChange).where(PlanChange.account_id == account.id, PlanChange.at < period.end)
+            .order_by(PlanChange.at, PlanChange.id))]
+        days = plan_days(period, account.created_at, changes)
+        sold = [SoldBoost(b.calls, b.until, b.price_minor) for b in session.scalars(
+            select(Boost).where(Boost.account_id == account.id, Boost.price_minor.is_not(None),
+                                Boost.created_at >= period.start, Boost.created_at < period.end)
+            .order_by(Boost.created_at, Boost.id)) if b.price_minor is not None]
+        return [*subscription_lines(period, days, self.catalog, account.currency),
+                *overage_lines(usage, self.catalog, account.currency), *boost_lines(sold)]
+
+    # -- the close -----------------------------------------------------------------------------------
+    def close_period(self, period_name: str, usage: Mapping[str, AccountUsage], *,
+                     progress: Callable[[int, int], None] | None = None) -> CloseReport:
+        """Issues the period's missing invoices (idempotent); `usage` maps account id -> AccountUsage."""
+        period = parse_period(period_name)
+        with self.sessions() as session:
+            ids = list(session.scalars(select(Account.id).where(Account.created_at < period.end).order_by(Account.id)))
+        report = CloseReport(period.name)
+        for done, account_id in enumerate(ids, 1):
+            number = self._issue(account_id, period, usage.get(account_id, AccountUsage()))
+            if number is None:
+                report.existing += 1
+            else:
+                report.issued.append(number)
+            if progress is not None:
+                progress(done, len(ids))
+        with self.sessions() as session:
+            for currency, total in session.execute(
+                    select(Invoice.currency, Invoice.total_minor).where(Invoice.period == period.name)):
+                report.total_minor_by_currency[currency] = report.total_minor_by_currency.get(currency, 0) + total
+        try:
+            with self.sessions.begin() as session:
+                session.merge(PeriodClose(period=period.name, closed_at=datetime.now(UTC),
+                                          invoices=len(report.issued) + report.existing))
+        except IntegrityError:
+            pass      # a concurrent close recorded it
+        return report
+
+    def _issue(self, account_id: str, period: Period, usage: AccountUsage) -> str | None:
+        year = period.end.year
+        self._ensure_counter(year)
+        try:
+            with self.sessions.begin() as session:
+                counter = session.scalars(select(InvoiceCounter).where(InvoiceCounter.year == year)
+                                          .with_for_update()).one()
+                exists = session.scalars(select(Invoice.id).where(Invoice.account_id == account_id,
+                                                                  Invoice.period == period.name)).first()
+                if exists is not None:
+                    return None
+                account = session.get(Account, account_id)
+                assert account is not None
+                lines = self.lines_for(session, account, period, usage)
+                subtotal = sum(line.amount_minor for line in lines)
+                tax = self.tax.tax_for(account.country, account.region, account.tax_id, subtotal,
+                                       (period.end - timedelta(days=1)).date(), self.seller.country)
+                counter.last += 1
+                number = f"AH-{year}-{counter.last:06d}"
+                total = subtotal + tax.amount_minor
+                issued = period.end
+                invoice = Invoice(
+                    number=number, account_id=account_id, period=period.name,
+                    status="paid" if total == 0 else "open", currency=account.currency, language=account.language,
+                    issued_at=issued, due_at=issued + timedelta(days=self.net_days), subtotal_minor=subtotal,
+                    tax_minor=tax.amount_minor, total_minor=total,
+                    tax={"rate": str(tax.rate), "jurisdiction": tax.jurisdiction, "reverse_charge": tax.reverse_charge,
+                         "note": tax.note},
+                    customer={"id": account.id, "name": account.name, "billing_email": account.billing_email,
+                              "country": account.country, "region": account.region, "tax_id": account.tax_id},
+                    usage=usage.summary(), paid_at=issued if total == 0 else None, created_at=datetime.now(UTC))
+                invoice.lines = [InvoiceLine(position=i, kind=line.kind, description=line.description,
+                                             quantity=line.quantity, unit_amount_minor=line.unit_amount_minor,
+                                             amount_minor=line.amount_minor) for i, line in enumerate(lines, 1)]
+                session.add(invoice)
+            return number
+        except IntegrityError:
+            return None       # a concurrent close inserted this account's invoice first; our number is rolled back
+
+    def _ensure_counter(self, year: int) -> None:
+        with self.sessions() as session:
+            if session.get(InvoiceCounter, year) is not None:
+                return
+        try:
+            with self.sessions.begin() as session:
+                session.add(InvoiceCounter(year=year, last=0))
+        except IntegrityError:
+            pass
+
+    # -- reading -------------------------------------------------------------------------------------
+    def get(self, number: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            invoice = session.scalars(select(Invoice).where(Invoice.number == number)
+                                      .options(selectinload(Invoice.lines))).first()
+            if invoice is None:
+                raise NotFound(f"No invoice {number!r}.", code="invoice_not_found")
+            return self.view(invoice)
+
+    def history(self, account_id: str) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            if session.get(Account, account_id) is None:
+                raise NotFound(f"No account {account_id!r}.", code="account_not_found")
+            invoices = session.scalars(select(Invoice).where(Invoice.account_id == account_id)
+                                       .order_by(Invoice.period.desc()).options(selectinload(Invoice.lines)))
+            return [self.view(i) for i in invoices]
+
+    def for_period(self, period_name: str) -> list[dict[str, Any]]:
+        period = parse_period(period_name)
+        with self.sessions() as session:
+            invoices = session.scalars(select(Invoice).where(Invoice.period == period.name)
+                                       .order_by(Invoice.number).options(selectinload(Invoice.lines)))
+            return [self.view(i) for i in invoices]
+
+    def view(self, invoice: Invoice) -> dict[str, Any]:
+        """The invoice as the API, the exports and the PDF template see it (money in minor units)."""
+        def iso(moment: datetime | None) -> str | None:
+            return None if moment is None else _aware(moment).isoformat().replace("+00:00", "Z")
+        return {"number": invoice.number, "account": invoice.account_id, "period": invoice.period,
+                "status": invoice.status, "currency": invoice.currency, "language": invoice.language,
+                "issued_at": iso(invoice.issued_at), "due_at": iso(invoice.due_at), "paid_at": iso(invoice.paid_at),
+                "seller": {"name": self.seller.name, "address": self.seller.address, "country": self.seller.country,
+                           "tax_id": self.seller.tax_id},
+                "customer": invoice.customer,
+                "lines": [{"kind": line.kind, "description": line.description, "quantity": line.quantity,
+                           "unit_amount_minor": line.unit_amount_minor, "amount_minor": line.amount_minor}
+                          for line in invoice.lines],
+                "subtotal_minor": invoice.subtotal_minor,
+                "tax": {**invoice.tax, "amount_minor": invoice.tax_minor},
+                "total_minor": invoice.total_minor, "usage": invoice.usage}
