@@ -83,3 +83,19 @@ def drain_now(wait: bool) -> DrainStats | None:
         return drain_once(client, ch, settings)
     finally:
         _drain_lock.release()
+
+
+@dramatiq.actor(queue_name=QUEUE, retry_when=_retry_when, min_backoff=60_000, max_backoff=3_600_000,
+                time_limit=3_600_000)
+def close_due_periods() -> None:
+    """Closes every ended month without a completed close (billing_worker.close), after a drain."""
+    from billing.store import open_accounts
+    from billing_worker.close import close, due_periods
+    drain_now(wait=True)
+    store = open_accounts()
+    try:
+        for period in due_periods(store):
+            report = close(store, resources()[1], period)
+            log.info("closed %s: %d invoices issued, %d existed", period, len(report.issued), report.existing)
+    finally:
+        store.close()

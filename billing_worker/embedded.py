@@ -51,6 +51,47 @@ class DrainScheduler(threading.Thread):
         self.join(10)
 
 
+class CloseScheduler(threading.Thread):
+    """At start and every `interval_s`: applies the plan changes that are due (a downgrade at 00:00 UTC on the
+    1st) and, when a month has ended without a completed close, enqueues `close_due_periods` (so a close missed
+    while the worker was down runs when it starts). The database is opened lazily, as LastUsedScheduler does."""
+
+    def __init__(self, interval_s: float = 60.0, opener: Callable[[], Any] | None = None) -> None:
+        super().__init__(name="close-scheduler", daemon=True)
+        self.interval_s = interval_s
+        self.opener = opener or _open_accounts
+        self.stopped = threading.Event()
+        self.store: Any = None
+        self.sent: set[str] = set()
+
+    def tick(self) -> list[str]:
+        from billing_worker.actors import close_due_periods
+        from billing_worker.close import due_periods
+        if self.store is None:
+            self.store = self.opener()
+        self.store.accounts.apply_scheduled_changes()
+        due = [p for p in due_periods(self.store) if p not in self.sent]
+        if due:
+            close_due_periods.send()
+            self.sent.update(due)
+        return due
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:       # database or broker unreachable: the next tick tries again
+                log.warning("the monthly close check failed", exc_info=True)
+            if self.stopped.wait(self.interval_s):
+                break
+        if self.store is not None:
+            self.store.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(10)
+
+
 def _open_accounts() -> Any:
     from billing.store import open_accounts
     return open_accounts()
@@ -125,10 +166,13 @@ def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
     scheduler.start()
     last_used = LastUsedScheduler()
     last_used.start()
+    closer = CloseScheduler()
+    closer.start()
     try:
         yield
     finally:
         scheduler.stop()
+        closer.stop()
         last_used.stop()
         worker.stop(timeout=30_000)
         try:

@@ -132,6 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
     boost.add_argument("--calls", type=int, required=True)
     boost.add_argument("--until", required=True, help="ISO date or datetime (UTC)")
     boost.add_argument("--price-minor", type=int, help="price in minor units of the account's currency, if sold")
+    close = command("close-period", "issue the invoices of an ended month (idempotent), e.g. 2026-11")
+    close.add_argument("period")
+    invoice = sub.add_parser("invoice", help="invoices: list, show, export, pdf")
+    isub = invoice.add_subparsers(dest="invoice_command", required=True, metavar="ACTION")
+    ilist = isub.add_parser("list", help="an account's invoices, newest first")
+    ilist.add_argument("account")
+    ishow = isub.add_parser("show", help="one invoice with its lines and usage summary")
+    ishow.add_argument("number")
+    iexport = isub.add_parser("export", help="a period's invoices as CSV (one row per line) or JSON")
+    iexport.add_argument("--period", required=True)
+    iexport.add_argument("--format", choices=("csv", "json"), default="csv")
+    ipdf = isub.add_parser("pdf", help="render an invoice as PDF (the account's language)")
+    ipdf.add_argument("number")
+    ipdf.add_argument("-o", "--output", help="file to write (default: <number>.pdf)")
+    for p in (ilist, ishow, ipdf):
+        p.add_argument("--json", action="store_true", help="print JSON")
+    iexport.add_argument("--json", action="store_true", help="same as --format json")
     audit = command("audit-log", "the newest admin actions")
     audit.add_argument("--account")
     audit.add_argument("--limit", type=int, default=50)
@@ -185,6 +202,10 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
         issued, projected = accounts.issue_key(args.account, args.name, actor="cli")
         warn_if_pending(projected)
         emit({"account": issued.account_id, "key_id": issued.key_id, "api_key": issued.api_key}, out)
+    elif args.command == "close-period":
+        emit(_close_period(store, args.period, environ), out)
+    elif args.command == "invoice":
+        _invoice(args, store, environ)
     elif args.command == "audit-log":
         emit(accounts.audit_log(args.account, args.limit), out)
     elif args.command == "boost":
@@ -204,6 +225,62 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
         }[args.command]()
         warn_if_pending(change.projected)
         emit(change.account, out)
+
+
+def _close_period(store: Any, period: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    from billing_worker.clickhouse import ClickHouse
+    from billing_worker.close import close
+    from billing_worker.progress import ProgressBar
+    from billing_worker.settings import Settings as WorkerSettings
+    bar: ProgressBar | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = ProgressBar(total, "accounts")
+        bar.update(done)
+
+    with ClickHouse(WorkerSettings.from_env(environ).clickhouse_url) as ch:
+        report = close(store, ch, period, environ, progress)
+    if bar is not None:
+        bar.finish()
+    return {"period": report.period, "issued": len(report.issued), "already_issued": report.existing,
+            "numbers": report.issued, "total_minor_by_currency": report.total_minor_by_currency}
+
+
+def _invoice(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> None:
+    from billing_worker.close import invoicer_for
+    invoicer = invoicer_for(store, environ)
+    if args.invoice_command == "list":
+        rows = [{k: i[k] for k in ("number", "period", "status", "currency", "total_minor", "issued_at", "due_at")}
+                for i in invoicer.history(args.account)]
+        emit(rows, args.json)
+    elif args.invoice_command == "show":
+        emit(invoicer.get(args.number), args.json)
+    elif args.invoice_command == "export":
+        invoices = invoicer.for_period(args.period)
+        if args.format == "json" or args.json:
+            emit(invoices, True)
+            return
+        import csv
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["number", "account", "period", "status", "currency", "line", "kind", "description",
+                         "quantity", "unit_amount_minor", "amount_minor", "subtotal_minor", "tax_minor",
+                         "total_minor"])
+        for inv in invoices:
+            for n, line in enumerate(inv["lines"], 1):
+                writer.writerow([inv["number"], inv["account"], inv["period"], inv["status"], inv["currency"], n,
+                                 line["kind"], line["description"], line["quantity"], line["unit_amount_minor"],
+                                 line["amount_minor"], inv["subtotal_minor"], inv["tax"]["amount_minor"],
+                                 inv["total_minor"]])
+    elif args.invoice_command == "pdf":
+        from pathlib import Path
+
+        from billing.pdf import render_invoice_pdf
+        invoice = invoicer.get(args.number)
+        path = Path(args.output or f"{args.number}.pdf")
+        path.write_bytes(render_invoice_pdf(invoice, str(invoice["language"])))
+        emit({"number": args.number, "pdf": str(path), "bytes": path.stat().st_size}, args.json)
 
 
 def resync_at_start(environ: Mapping[str, str]) -> None:
