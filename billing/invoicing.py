@@ -76,32 +76,83 @@ class Invoicer:
         self.net_days = net_days
 
     # -- pricing -------------------------------------------------------------------------------------
-    def lines_for(self, session: Session, account: Account, period: Period, usage: AccountUsage) -> list[Line]:
-        changes = [PlanChangeAt(c.at, c.to_plan) for c in session.scalars(
-            select(PlanChange).where(PlanChange.account_id == account.id, PlanChange.at < period.end)
-            .order_by(PlanChange.at, PlanChange.id))]
+    def period_history(self, session: Session, period: Period, account_ids: list[str] | None = None
+                ) -> tuple[dict[str, list[PlanChangeAt]], dict[str, list[SoldBoost]]]:
+        """Plan changes before the period's end and boosts sold in it, by account (one query each)."""
+        changes: dict[str, list[PlanChangeAt]] = {}
+        query = select(PlanChange).where(PlanChange.at < period.end).order_by(PlanChange.at, PlanChange.id)
+        if account_ids is not None:
+            query = query.where(PlanChange.account_id.in_(account_ids))
+        for change in session.scalars(query):
+            changes.setdefault(change.account_id, []).append(PlanChangeAt(change.at, change.to_plan))
+        boosts: dict[str, list[SoldBoost]] = {}
+        sold = select(Boost).where(Boost.price_minor.is_not(None), Boost.created_at >= period.start,
+                                   Boost.created_at < period.end).order_by(Boost.created_at, Boost.id)
+        if account_ids is not None:
+            sold = sold.where(Boost.account_id.in_(account_ids))
+        for boost in session.scalars(sold):
+            if boost.price_minor is not None:
+                boosts.setdefault(boost.account_id, []).append(SoldBoost(boost.calls, boost.until, boost.price_minor))
+        return changes, boosts
+
+    def lines_for(self, account: Account, period: Period, usage: AccountUsage, changes: list[PlanChangeAt],
+                  boosts: list[SoldBoost]) -> list[Line]:
         days = plan_days(period, account.created_at, changes)
-        sold = [SoldBoost(b.calls, b.until, b.price_minor) for b in session.scalars(
-            select(Boost).where(Boost.account_id == account.id, Boost.price_minor.is_not(None),
-                                Boost.created_at >= period.start, Boost.created_at < period.end)
-            .order_by(Boost.created_at, Boost.id)) if b.price_minor is not None]
         return [*subscription_lines(period, days, self.catalog, account.currency),
-                *overage_lines(usage, self.catalog, account.currency), *boost_lines(sold)]
+                *overage_lines(usage, self.catalog, account.currency), *boost_lines(boosts)]
+
+    def draft(self, account: Account, period: Period, usage: AccountUsage, changes: list[PlanChangeAt],
+              boosts: list[SoldBoost], number: str) -> Invoice:
+        lines = self.lines_for(account, period, usage, changes, boosts)
+        subtotal = sum(line.amount_minor for line in lines)
+        tax = self.tax.tax_for(account.country, account.region, account.tax_id, subtotal,
+                               (period.end - timedelta(days=1)).date(), self.seller.country)
+        total = subtotal + tax.amount_minor
+        issued = period.end
+        invoice = Invoice(
+            number=number, account_id=account.id, period=period.name, status="paid" if total == 0 else "open",
+            currency=account.currency, language=account.language, issued_at=issued,
+            due_at=issued + timedelta(days=self.net_days), subtotal_minor=subtotal, tax_minor=tax.amount_minor,
+            total_minor=total,
+            tax={"rate": str(tax.rate), "jurisdiction": tax.jurisdiction, "reverse_charge": tax.reverse_charge,
+                 "note": tax.note},
+            customer={"id": account.id, "name": account.name, "billing_email": account.billing_email,
+                      "country": account.country, "region": account.region, "tax_id": account.tax_id},
+            usage=usage.summary(), paid_at=issued if total == 0 else None, created_at=datetime.now(UTC))
+        invoice.lines = [InvoiceLine(position=i, kind=line.kind, description=line.description, quantity=line.quantity,
+                                     unit_amount_minor=line.unit_amount_minor, amount_minor=line.amount_minor)
+                         for i, line in enumerate(lines, 1)]
+        return invoice
 
     # -- the close -----------------------------------------------------------------------------------
     def close_period(self, period_name: str, usage: Mapping[str, AccountUsage], *,
-                     progress: Callable[[int, int], None] | None = None) -> CloseReport:
-        """Issues the period's missing invoices (idempotent); `usage` maps account id -> AccountUsage."""
+                     progress: Callable[[int, int], None] | None = None, batch: int = 500) -> CloseReport:
+        """Issues the period's missing invoices (idempotent); `usage` maps account id -> AccountUsage.
+
+        Accounts are invoiced `batch` to a transaction (numbers allocated in it); when a concurrent close has
+        issued one of a batch's invoices first, that batch is redone one account per transaction."""
         period = parse_period(period_name)
         with self.sessions() as session:
             ids = list(session.scalars(select(Account.id).where(Account.created_at < period.end).order_by(Account.id)))
+            changes, boosts = self.period_history(session, period)
         report = CloseReport(period.name)
-        for done, account_id in enumerate(ids, 1):
-            number = self._issue(account_id, period, usage.get(account_id, AccountUsage()))
-            if number is None:
-                report.existing += 1
-            else:
-                report.issued.append(number)
+        year = period.end.year
+        self._ensure_counter(year)
+        done = 0
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            try:
+                issued = self._issue_batch(chunk, period, usage, changes, boosts)
+                report.issued += issued
+                report.existing += len(chunk) - len(issued)
+            except IntegrityError:
+                for account_id in chunk:
+                    number = self._issue(account_id, period, usage.get(account_id, AccountUsage()))
+                    if number is None:
+                        report.existing += 1
+                    else:
+                        report.issued.append(number)
+            done += len(chunk)
             if progress is not None:
                 progress(done, len(ids))
         with self.sessions() as session:
@@ -116,9 +167,29 @@ class Invoicer:
             pass      # a concurrent close recorded it
         return report
 
-    def _issue(self, account_id: str, period: Period, usage: AccountUsage) -> str | None:
+    def _issue_batch(self, account_ids: list[str], period: Period, usage: Mapping[str, AccountUsage],
+                     changes: Mapping[str, list[PlanChangeAt]], boosts: Mapping[str, list[SoldBoost]]) -> list[str]:
         year = period.end.year
-        self._ensure_counter(year)
+        issued: list[str] = []
+        with self.sessions.begin() as session:
+            counter = session.scalars(select(InvoiceCounter).where(InvoiceCounter.year == year)
+                                      .with_for_update()).one()
+            existing = set(session.scalars(select(Invoice.account_id).where(
+                Invoice.period == period.name, Invoice.account_id.in_(account_ids))))
+            accounts = {a.id: a for a in session.scalars(select(Account).where(Account.id.in_(account_ids)))}
+            for account_id in account_ids:
+                if account_id in existing:
+                    continue
+                counter.last += 1
+                number = f"AH-{year}-{counter.last:06d}"
+                session.add(self.draft(accounts[account_id], period, usage.get(account_id, AccountUsage()),
+                                       changes.get(account_id, []), boosts.get(account_id, []), number))
+                issued.append(number)
+        return issued
+
+    def _issue(self, account_id: str, period: Period, usage: AccountUsage) -> str | None:
+        """One account in its own transaction (the fallback when a batch met a concurrent close)."""
+        year = period.end.year
         try:
             with self.sessions.begin() as session:
                 counter = session.scalars(select(InvoiceCounter).where(InvoiceCounter.year == year)
@@ -129,28 +200,11 @@ class Invoicer:
                     return None
                 account = session.get(Account, account_id)
                 assert account is not None
-                lines = self.lines_for(session, account, period, usage)
-                subtotal = sum(line.amount_minor for line in lines)
-                tax = self.tax.tax_for(account.country, account.region, account.tax_id, subtotal,
-                                       (period.end - timedelta(days=1)).date(), self.seller.country)
+                changes, boosts = self.period_history(session, period, [account_id])
                 counter.last += 1
                 number = f"AH-{year}-{counter.last:06d}"
-                total = subtotal + tax.amount_minor
-                issued = period.end
-                invoice = Invoice(
-                    number=number, account_id=account_id, period=period.name,
-                    status="paid" if total == 0 else "open", currency=account.currency, language=account.language,
-                    issued_at=issued, due_at=issued + timedelta(days=self.net_days), subtotal_minor=subtotal,
-                    tax_minor=tax.amount_minor, total_minor=total,
-                    tax={"rate": str(tax.rate), "jurisdiction": tax.jurisdiction, "reverse_charge": tax.reverse_charge,
-                         "note": tax.note},
-                    customer={"id": account.id, "name": account.name, "billing_email": account.billing_email,
-                              "country": account.country, "region": account.region, "tax_id": account.tax_id},
-                    usage=usage.summary(), paid_at=issued if total == 0 else None, created_at=datetime.now(UTC))
-                invoice.lines = [InvoiceLine(position=i, kind=line.kind, description=line.description,
-                                             quantity=line.quantity, unit_amount_minor=line.unit_amount_minor,
-                                             amount_minor=line.amount_minor) for i, line in enumerate(lines, 1)]
-                session.add(invoice)
+                session.add(self.draft(account, period, usage, changes.get(account_id, []),
+                                       boosts.get(account_id, []), number))
             return number
         except IntegrityError:
             return None       # a concurrent close inserted this account's invoice first; our number is rolled back

@@ -18,7 +18,7 @@ from tests.billing.test_invoices import PERIOD, SELLER, YEAR, at
 ACCOUNTS = 30
 
 
-def _close(url: str, slow_s: float = 0.0) -> None:
+def _close(url: str, slow_s: float = 0.0, batch: int = 500) -> None:
     from billing.db.engine import make_engine, sessions
     from billing.invoicing import Invoicer
     from billing.tax import load_tax_table
@@ -27,7 +27,8 @@ def _close(url: str, slow_s: float = 0.0) -> None:
     engine = make_engine(url)
     invoicer = Invoicer(sessions(engine), load_catalog(ROOT / "config" / "catalog.toml"),
                         load_tax_table(ROOT / "config" / "tax.toml"), SELLER)
-    invoicer.close_period(PERIOD, {}, progress=(lambda done, total: time.sleep(slow_s)) if slow_s else None)
+    invoicer.close_period(PERIOD, {}, progress=(lambda done, total: time.sleep(slow_s)) if slow_s else None,
+                          batch=batch)
     engine.dispose()
 
 
@@ -56,7 +57,7 @@ def test_two_processes_closing_at_once(service: AccountService, db: sessionmaker
                                        database_url: str) -> None:
     accounts = seed(service)
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_close, args=(database_url, 0.01)) for _ in range(2)]
+    procs = [context.Process(target=_close, args=(database_url, 0.01, 4)) for _ in range(2)]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -71,7 +72,7 @@ def test_a_close_killed_half_way_and_run_again(service: AccountService, db: sess
                                                database_url: str) -> None:
     accounts = seed(service)
     context = multiprocessing.get_context("spawn")
-    proc = context.Process(target=_close, args=(database_url, 0.05))
+    proc = context.Process(target=_close, args=(database_url, 0.05, 3))
     proc.start()
     deadline = time.monotonic() + 60
     while len(invoices(db)) < 5:
