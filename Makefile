@@ -30,6 +30,7 @@ typecheck: venv
 pytest: venv
 	@scripts/ensure-redis
 	@scripts/ensure-postgres
+	@scripts/ensure-fonts
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest

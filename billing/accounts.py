@@ -366,6 +366,60 @@ class AccountService:
             return [{"at": _iso(e.at), "actor": e.actor, "action": e.action, "account": e.account_id,
                      "details": e.details} for e in session.scalars(query)]
 
+    # -- notification settings (billing.notifications) -----------------------------------------------------
+    # Not projected to Redis (the gateway does not use them): no version bump; an audit entry without the secret.
+    def _notification_settings(self, session: Session, account_id: str) -> Any:
+        from billing.db.models import NotificationSettings
+        if not ID_RE.match(account_id) or session.get(Account, account_id) is None:
+            raise NotFound(f"No account {account_id!r}.", code="account_not_found")
+        settings = session.get(NotificationSettings, account_id, with_for_update=True)
+        if settings is None:
+            settings = NotificationSettings(account_id=account_id, webhook_url=None, webhook_secret=None,
+                                            warning_levels=[80, 100], updated_at=self.now())
+            session.add(settings)
+        return settings
+
+    def set_webhook(self, account_id: str, url: str | None, *, actor: str = "admin") -> str | None:
+        """Sets the account's webhook URL (http or https) with a new signing secret, returned to be shown once;
+        `url=None` turns the webhook off (secret dropped; deliveries not sent yet give up). Returns None then."""
+        from urllib.parse import urlsplit
+
+        from billing.notifications import new_webhook_secret
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
+                raise InvalidInput("A webhook URL is an http:// or https:// URL with a host (at most 2000 "
+                                   "characters).", code="bad_webhook_url")
+        secret = new_webhook_secret() if url is not None else None
+        with self.sessions.begin() as session:
+            settings = self._notification_settings(session, account_id)
+            before = settings.webhook_url
+            settings.webhook_url, settings.webhook_secret, settings.updated_at = url, secret, self.now()
+            self._audit(session, actor, "notifications.webhook", account_id, before=before, after=url)
+        return secret
+
+    def set_warning_levels(self, account_id: str, levels: list[int], *, actor: str = "admin") -> list[int]:
+        """Which quota warnings the account gets: a subset of [80, 100]."""
+        if any(level not in (80, 100) for level in levels):
+            raise InvalidInput("Quota warnings are sent at 80 and/or 100 percent.", code="bad_warning_levels")
+        chosen = sorted(set(levels))
+        with self.sessions.begin() as session:
+            settings = self._notification_settings(session, account_id)
+            before, settings.warning_levels, settings.updated_at = settings.warning_levels, chosen, self.now()
+            self._audit(session, actor, "notifications.levels", account_id, before=before, after=chosen)
+        return chosen
+
+    def notification_settings(self, account_id: str) -> dict[str, Any]:
+        """The settings without the secret (it is shown once, when set)."""
+        from billing.db.models import NotificationSettings
+        with self.sessions() as session:
+            if not ID_RE.match(account_id) or session.get(Account, account_id) is None:
+                raise NotFound(f"No account {account_id!r}.", code="account_not_found")
+            settings = session.get(NotificationSettings, account_id)
+            return {"email": session.get(Account, account_id).billing_email,   # type: ignore[union-attr]
+                    "webhook_url": settings.webhook_url if settings else None,
+                    "warning_levels": list(settings.warning_levels) if settings else [80, 100]}
+
 
 def connect_error(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"The database is not reachable: {type(exc).__name__}: {exc}")

@@ -168,11 +168,15 @@ def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
     last_used.start()
     closer = CloseScheduler()
     closer.start()
+    from billing_worker.notify import NotificationScheduler
+    notifier = NotificationScheduler()      # quota, invoice and anomaly notifications; email and webhook
+    notifier.start()
     try:
         yield
     finally:
         scheduler.stop()
         closer.stop()
+        notifier.stop()
         last_used.stop()
         worker.stop(timeout=30_000)
         try:

@@ -149,9 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (ilist, ishow, ipdf):
         p.add_argument("--json", action="store_true", help="print JSON")
     iexport.add_argument("--json", action="store_true", help="same as --format json")
+    report = sub.add_parser("report", help="reports: revenue by month, month-end forecast")
+    rsub = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    rrevenue = rsub.add_parser("revenue", help="MRR, ARR, invoiced revenue, tax, paid vs open, conversion, churn")
+    rrevenue.add_argument("--from", dest="from_period", required=True, help="first month, YYYY-MM")
+    rrevenue.add_argument("--to", dest="to_period", required=True, help="last month, YYYY-MM")
+    rforecast = rsub.add_parser("forecast", help="month-end forecast of the current period (reads ClickHouse)")
+    rforecast.add_argument("--account", help="one account (default: every account and the business)")
+    rforecast.add_argument("--at", help="forecast as of this UTC time (ISO; default: now)")
+    for p in (rrevenue, rforecast):
+        p.add_argument("--json", action="store_true", help="print JSON")
     audit = command("audit-log", "the newest admin actions")
     audit.add_argument("--account")
     audit.add_argument("--limit", type=int, default=50)
+    notes = command("notifications", "an account's notifications, newest first, with their delivery states")
+    notes.add_argument("account")
+    notes.add_argument("--limit", type=int, default=50)
+    webhook = command("set-webhook", "set the account's webhook URL (prints its signing secret once), or --off")
+    webhook.add_argument("account")
+    webhook.add_argument("url", nargs="?")
+    webhook.add_argument("--off", action="store_true", help="turn the webhook off")
     return parser
 
 
@@ -206,8 +223,13 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
         emit(_close_period(store, args.period, environ), out)
     elif args.command == "invoice":
         _invoice(args, store, environ)
+    elif args.command == "report":
+        from billing_worker.reports_cli import run_report
+        emit(run_report(args, store, environ), out)
     elif args.command == "audit-log":
         emit(accounts.audit_log(args.account, args.limit), out)
+    elif args.command in ("notifications", "set-webhook"):
+        _notifications(args, accounts)
     elif args.command == "boost":
         boost_id, change = accounts.add_boost(args.account, args.calls, _until(args.until),
                                               price_minor=args.price_minor, actor="cli")
@@ -281,6 +303,24 @@ def _invoice(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -
         path = Path(args.output or f"{args.number}.pdf")
         path.write_bytes(render_invoice_pdf(invoice, str(invoice["language"])))
         emit({"number": args.number, "pdf": str(path), "bytes": path.stat().st_size}, args.json)
+
+
+def _notifications(args: argparse.Namespace, accounts: Any) -> None:
+    """`aihub notifications` and `aihub set-webhook` (billing.notifications)."""
+    if args.command == "notifications":
+        from billing.notifications import history
+        accounts.get_account(args.account)          # NotFound for an unknown account
+        emit(history(accounts.sessions, args.account, args.limit), args.json)
+        return
+    if args.off == (args.url is not None):
+        raise ValueError("give either a webhook URL or --off")
+    secret = accounts.set_webhook(args.account, None if args.off else args.url, actor="cli")
+    result: dict[str, Any] = {"account": args.account, "webhook_url": None if args.off else args.url}
+    if secret is not None:
+        result["signing_secret"] = secret
+        sys.stderr.write("aihub: the signing secret is shown once; verify X-AIHub-Signature with it "
+                         "(HMAC-SHA256 over \"<timestamp>.<body>\").\n")
+    emit(result, args.json)
 
 
 def resync_at_start(environ: Mapping[str, str]) -> None:

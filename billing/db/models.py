@@ -170,5 +170,63 @@ class PeriodClose(Base):
     invoices: Mapped[int] = mapped_column(Integer)
 
 
-__all__ = ["Account", "ApiKey", "AuditEntry", "Base", "Boost", "Invoice", "InvoiceCounter", "InvoiceLine",
-           "PeriodClose", "PlanChange", "Subscription"]
+# -- notifications (migration 0003; billing/notifications.py) ---------------------------------------------------
+
+
+class NotificationSettings(Base):
+    """An account's notification settings: the webhook URL and its signing secret, the quota warning levels.
+    No row: no webhook, warnings at 80 and 100 %. Email goes to accounts.billing_email."""
+
+    __tablename__ = "notification_settings"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    # Plain text for now (shown once when set, never printed again); issue 10 encrypts it at rest.
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    warning_levels: Mapped[list[int]] = mapped_column(JSON, default=lambda: [80, 100])
+    updated_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+
+class Notification(Base):
+    """One event for an account, recorded once: (account_id, dedup_key) is unique, e.g. "quota_80:2026-11",
+    "invoice_issued:AH-2026-000001", "usage_anomaly:2026-11-05". Kinds: quota_80, quota_100, invoice_issued,
+    invoice_due_soon, invoice_overdue, usage_anomaly."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("account_id", "dedup_key", name="uq_notifications_account_dedup"),
+                      Index("ix_notifications_account_created", "account_id", "created_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    dedup_key: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="notification", order_by="Delivery.channel")
+
+
+class Delivery(Base):
+    """A notification's delivery on one channel (email | webhook). States: pending -> sending -> delivered, or
+    failed (retried at next_attempt_at with backoff) -> ... -> gave_up. `sending` is a lease: a sender that died
+    mid-send leaves it, and it is sent again once next_attempt_at has passed."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("notification_id", "channel", name="uq_deliveries_notification_channel"),
+                      Index("ix_deliveries_state_next", "state", "next_attempt_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    target: Mapped[str | None] = mapped_column(String(2000))      # the address or URL of the last attempt
+    delivered_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+
+    notification: Mapped[Notification] = relationship(back_populates="deliveries")
+
+
+__all__ = ["Account", "ApiKey", "AuditEntry", "Base", "Boost", "Delivery", "Invoice", "InvoiceCounter",
+           "InvoiceLine", "Notification", "NotificationSettings", "PeriodClose", "PlanChange", "Subscription"]

@@ -57,6 +57,9 @@ def test_close_period_issues_invoices_from_clickhouse_usage(
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["number"], r["kind"], r["amount_minor"]) for r in rows] == [(number, "subscription", "2900"),
                                                                            (number, "overage", "40")]
+    pdf = tmp_path / "invoice.pdf"
+    assert main(["invoice", "pdf", number, "-o", str(pdf), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pdf"] == str(pdf) and pdf.read_bytes().startswith(b"%PDF")
     assert main(["close-period", "2999-01"]) == 2
     assert "has not ended" in capsys.readouterr().err
     assert main(["invoice", "show", "AH-1999-000001"]) == 2
