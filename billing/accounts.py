@@ -27,6 +27,11 @@ from gateway.catalog import Catalog
 from gateway.keys import ID_RE, hash_api_key, new_api_key, new_id
 
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+TAX_ID_RE = re.compile(r"^[A-Za-z0-9 .\-/]{2,64}$")
+LANGUAGES = ("en", "zh")
+MAX_CALLS = 10**12            # quotas and boosts: far above any plan, exact in admit.lua's doubles
+MAX_PRICE_MINOR = 10**12
 REGION_RE = re.compile(r"^[A-Z0-9]{0,3}$")
 STATUSES = ("active", "suspended")
 
@@ -131,15 +136,21 @@ class AccountService:
         if not ID_RE.match(account_id):
             raise InvalidInput("Account ids are 4 to 32 lowercase letters or digits.", code="bad_account_id")
         currency = (currency or self.catalog.currency).upper()
-        if currency not in self.catalog.currencies:
+        if currency not in self.catalog.currencies:   # also refuses anything that is not a 3-letter code
             raise InvalidInput(f"Currency {currency!r} is not priced by every plan; use one of "
                                f"{', '.join(self.catalog.currencies)}.", code="bad_currency")
         country, region = country.upper(), region.upper()
         if not COUNTRY_RE.match(country) or not REGION_RE.match(region):
             raise InvalidInput("Country is an ISO 3166-1 alpha-2 code (e.g. DE); region up to 3 letters or "
                                "digits (e.g. CA).", code="bad_country")
-        if not name.strip() or len(name) > 200:
-            raise InvalidInput("An account name is 1 to 200 characters.", code="bad_name")
+        if not name.strip() or len(name) > 200 or not name.isprintable():
+            raise InvalidInput("An account name is 1 to 200 printable characters.", code="bad_name")
+        if billing_email is not None and (len(billing_email) > 320 or not EMAIL_RE.match(billing_email)):
+            raise InvalidInput(f"{billing_email[:80]!r} is not an email address.", code="bad_email")
+        if tax_id is not None and not TAX_ID_RE.match(tax_id):
+            raise InvalidInput("A tax id is 2 to 64 letters, digits, spaces, '.', '-' or '/'.", code="bad_tax_id")
+        if language not in LANGUAGES:
+            raise InvalidInput(f"The language is one of {', '.join(LANGUAGES)}.", code="bad_language")
         now = self.now()
         account = Account(id=account_id, name=name.strip(), billing_email=billing_email, country=country,
                           region=region, tax_id=tax_id, currency=currency,
@@ -268,8 +279,9 @@ class AccountService:
                 if not plan.custom_quota:
                     raise InvalidInput(f"The {plan.display_name} plan does not allow a custom quota.",
                                        code="custom_quota_not_allowed")
-                if calls < 0:
-                    raise InvalidInput("A custom quota is a number of calls, zero or more.", code="bad_quota")
+                if not 0 <= calls <= MAX_CALLS:
+                    raise InvalidInput(f"A custom quota is a number of calls from 0 to {MAX_CALLS:,}.",
+                                       code="bad_quota")
             before, sub.custom_quota = sub.custom_quota, calls
             self._audit(session, actor, "subscription.custom_quota", account_id, before=before, after=calls)
         return self._project(account_id)
@@ -291,8 +303,8 @@ class AccountService:
     # -- keys ----------------------------------------------------------------------------------------
     def issue_key(self, account_id: str, name: str = "default", *, actor: str = "admin") -> tuple[IssuedKey, bool]:
         """(the new key, shown once; projected)."""
-        if not name or len(name) > 100:
-            raise InvalidInput("A key name is 1 to 100 characters.", code="bad_name")
+        if not name or len(name) > 100 or not name.isprintable():
+            raise InvalidInput("A key name is 1 to 100 printable characters.", code="bad_name")
         with self.sessions.begin() as session:
             self._locked(session, account_id)
             key_id = new_id(8)
@@ -342,23 +354,27 @@ class AccountService:
     # -- boosts --------------------------------------------------------------------------------------
     def add_boost(self, account_id: str, calls: int, until_s: float, *, price_minor: int | None = None,
                   actor: str = "admin") -> tuple[str, Change]:
-        if calls <= 0:
-            raise InvalidInput("A boost adds a positive number of calls.", code="bad_boost")
+        if not 0 < calls <= MAX_CALLS:
+            raise InvalidInput(f"A boost adds 1 to {MAX_CALLS:,} calls.", code="bad_boost")
         if until_s <= self.clock():
             raise InvalidInput("A boost must end in the future.", code="bad_boost")
-        if price_minor is not None and price_minor < 0:
-            raise InvalidInput("A boost's price is zero or more minor units.", code="bad_boost")
+        if price_minor is not None and not 0 <= price_minor <= MAX_PRICE_MINOR:
+            raise InvalidInput(f"A boost's price is 0 to {MAX_PRICE_MINOR:,} minor units.", code="bad_boost")
         with self.sessions.begin() as session:
             account = self._locked(session, account_id)
             boost_id = new_id(8)
             session.add(Boost(id=boost_id, account_id=account_id, calls=calls,
                               until=datetime.fromtimestamp(until_s, UTC), price_minor=price_minor,
                               currency=account.currency if price_minor is not None else None, created_at=self.now()))
-            self._audit(session, actor, "boost.add", account_id, boost_id=boost_id, calls=calls, until=until_s,
-                        price_minor=price_minor)
+            self._audit(session, actor, "boost.add", account_id, boost_id=boost_id, calls=calls,
+                        until=_iso(datetime.fromtimestamp(until_s, UTC)), price_minor=price_minor)
         return boost_id, self._project(account_id)
 
     def audit_log(self, account_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if not 1 <= limit <= 10_000:
+            raise InvalidInput("The limit is 1 to 10,000 entries.", code="bad_limit")
+        if account_id is not None and not self.exists(account_id):
+            raise NotFound(f"No account {account_id!r}.", code="account_not_found")
         with self.sessions() as session:
             query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
             if account_id is not None:

@@ -35,7 +35,7 @@ class Projector:
         self.clock = clock
         self.script = client.register_script(read_sources()["project_account"])
 
-    def project(self, account: Account) -> bool:
+    def project(self, account: Account, force: bool = False) -> bool:
         """Writes `account` (loaded with subscription, keys and boosts); False when Redis holds a newer version.
         Raises StoreUnavailable when Redis cannot be reached (the change stays in the database: resync applies it)."""
         keys = AccountKeys(account.id, self.shards)
@@ -49,7 +49,7 @@ class Projector:
             existing = {text(k) for k in self.client.smembers(keys.key_ids)}
             in_db = {k.id for k in account.keys}
             key_names = [keys.api_key(k.id) for k in account.keys]
-            args: list[Any] = [account.version, len(fields)]
+            args: list[Any] = [f"{account.version}!" if force else account.version, len(fields)]
             for name, value in fields.items():
                 args += [name, value]
             for key in account.keys:
@@ -99,7 +99,8 @@ def _all_accounts(sessions: sessionmaker[Session], batch: int = 500) -> Iterator
 @dataclass
 class ResyncReport:
     projected: int = 0
-    newer_in_redis: int = 0
+    newer_in_redis: int = 0          # changed while resync ran: the newer change projected itself
+    overwritten: int = 0             # Redis held a version the database never had (another database, a backup)
     orphans: list[str] = field(default_factory=list)    # in Redis, not in the database
     pruned: bool = False
 
@@ -113,6 +114,12 @@ def resync(sessions: sessionmaker[Session], projector: Projector, prune: bool = 
         known.add(account.id)
         if projector.project(account):
             report.projected += 1
+            continue
+        with sessions() as session:       # Redis holds a higher version: a concurrent change, or not ours
+            fresh = load_account(session, account.id)
+        if fresh is not None and fresh.version == account.version:
+            projector.project(fresh, force=True)          # the database never had it: the record wins
+            report.overwritten += 1
         else:
             report.newer_in_redis += 1
     try:

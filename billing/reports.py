@@ -178,11 +178,11 @@ class _History:
             steps.sort(key=lambda step: (step[0], step[1]))
             timeline.plans = [(at, to_plan) for at, _, _, to_plan in steps]
             timeline.plan_moves = [(at, from_plan, to_plan) for at, _, from_plan, to_plan in steps]
-        for account_id, at, details in session.execute(
+        for audited, at, details in session.execute(
                 select(AuditEntry.account_id, AuditEntry.at, AuditEntry.details)
                 .where(AuditEntry.action == "account.status", AuditEntry.at < until)
                 .order_by(AuditEntry.at, AuditEntry.id)):
-            timeline = self.accounts.get(account_id or "")
+            timeline = self.accounts.get(audited or "")
             if timeline is not None and isinstance(details, dict):
                 timeline.statuses.append((_aware(at), str(details.get("after", "active"))))
 

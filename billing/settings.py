@@ -32,13 +32,21 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = environment(environ)
-        url = env.get("DATABASE_URL") or f"sqlite:///{var_dir(env) / 'aihub.db'}"
+        explicit = env.get("DATABASE_URL")
+        url = explicit or f"sqlite:///{var_dir(env) / 'aihub.db'}"
         try:
-            backend = make_url(url).get_backend_name()
-        except ArgumentError as exc:
-            raise ConfigError(f"DATABASE_URL={url!r} is malformed: {exc}") from None
+            parsed = make_url(url)
+            parsed.port                     # noqa: B018 (parses it: a bad port fails here, not on first use)
+            backend = parsed.get_backend_name()
+        except (ArgumentError, ValueError) as exc:
+            raise ConfigError(f"DATABASE_URL is malformed ({type(exc).__name__}: {str(exc)[:100]}); expected e.g. "
+                              "sqlite:////path/aihub.db or postgresql+psycopg://user:pw@host:5432/aihub") from None
+        shown = parsed.render_as_string(hide_password=True)
         if backend not in SUPPORTED:
-            raise ConfigError(f"DATABASE_URL={url!r}: the database must be one of {', '.join(SUPPORTED)}")
+            raise ConfigError(f"DATABASE_URL={shown!r}: the database must be one of {', '.join(SUPPORTED)}")
+        if explicit and backend == "sqlite" and parsed.database and parsed.database != ":memory:" \
+                and not Path(parsed.database).parent.is_dir():
+            raise ConfigError(f"DATABASE_URL={shown!r}: the directory {Path(parsed.database).parent} does not exist")
         country = env.get("AIHUB_SELLER_COUNTRY") or cls.seller_country
         if len(country) != 2 or not country.isalpha():
             raise ConfigError(f"AIHUB_SELLER_COUNTRY={country!r} must be an ISO 3166-1 alpha-2 code such as DE")

@@ -47,9 +47,11 @@ def redis_client(settings: GatewaySettings) -> Any:
     return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
 
 
-def open_accounts(environ: Mapping[str, str] | None = None, clock: Callable[[], float] | None = None) -> Store:
+def open_accounts(environ: Mapping[str, str] | None = None, clock: Callable[[], float] | None = None,
+                  project: bool = True) -> Store:
     """The migrated database, a Redis client and the write-through AccountService. StoreUnavailable when the
-    database cannot be opened; Redis may be down (changes are then saved and projected later)."""
+    database cannot be opened; Redis may be down (changes are then saved and projected later). `project=False`:
+    changes are saved only (no Redis is known; the next resync projects them)."""
     gateway_settings = GatewaySettings.from_env(environ)
     database = DatabaseSettings.from_env(environ)
     engine = make_engine(database.database_url)
@@ -63,6 +65,7 @@ def open_accounts(environ: Mapping[str, str] | None = None, clock: Callable[[], 
         raise StoreUnavailable(f"the database is not reachable: {exc}") from None
     client = redis_client(gateway_settings)
     projector = Projector(client, gateway_settings.shards, **({"clock": clock} if clock else {}))
-    service = AccountService(sessions(engine), projector, load_catalog(gateway_settings.catalog_path),
+    service = AccountService(sessions(engine), projector if project else None,
+                             load_catalog(gateway_settings.catalog_path),
                              **({"clock": clock} if clock else {}))
     return Store(engine, client, service, projector)

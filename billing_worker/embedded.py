@@ -158,7 +158,9 @@ def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
     settings = settings or Settings.from_env()
     with ClickHouse(settings.clickhouse_url) as ch:
         report = migrate(ch, settings.schema_dir, cluster=settings.clickhouse_cluster)
-    log.info("ClickHouse schema: %d applied, %d already applied", len(report.applied), len(report.already_applied))
+        log.info("ClickHouse schema: %d applied, %d already applied", len(report.applied),
+                 len(report.already_applied))
+        rebuild_counters_at_start(ch, settings)
     from billing_worker import actors
     worker = Worker(actors.broker, worker_threads=1, worker_timeout=500)
     worker.start()
@@ -183,6 +185,32 @@ def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
             last_drain()
         finally:
             actors.close_resources()
+
+
+def rebuild_counters_at_start(ch: ClickHouse, settings: Settings) -> None:
+    """Raises this month's counters in Redis to what ClickHouse holds (never lowers one): a Redis that lost its
+    data does not hand out a quota again once the worker runs (billing_worker.counters)."""
+    import time
+
+    from billing_worker.counters import rebuild_counters
+    from gateway.catalog import load_catalog
+    from gateway.quota.periods import DAY_S, period_of
+    from gateway.settings import Settings as GatewaySettings
+    gateway = GatewaySettings.from_env()
+    now = time.time()
+    period = period_of(now)
+    client = settings.redis_client()
+    try:
+        found = rebuild_counters(ch, client, period.name, settings.shards,
+                                 period.end_s + gateway.period_grace_days * DAY_S,
+                                 catalog=load_catalog(gateway.catalog_path), now_s=now)
+        if found.get("accounts_raised"):
+            log.warning("counters of %d accounts were behind ClickHouse and were raised: %s",
+                        found["accounts_raised"], found)
+    except Exception as exc:        # Redis restarting: the gateway still works; `aihub resync --counters` redoes it
+        log.warning("counters not rebuilt at start: %s", exc)
+    finally:
+        client.close()
 
 
 def last_drain() -> None:

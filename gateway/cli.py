@@ -38,8 +38,15 @@ def _until(value: str) -> float:
 def _calls(value: str) -> int | None:
     if value == "default":
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise ValueError(f"a custom quota is a whole number of calls or 'default', not {value!r}")
+    return int(value)
+
+
+def _int_arg(value: str) -> int:
+    """A whole number written with ASCII digits (argparse turns the ValueError into a usage error)."""
+    if not (value.lstrip("-").isascii() and value.lstrip("-").isdigit()) or len(value) > 19:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {value[:30]!r}")
     return int(value)
 
 
@@ -70,8 +77,9 @@ def emit(value: Any, as_json: bool) -> None:
 
 def warn_if_pending(projected: bool) -> None:
     if not projected:
-        sys.stderr.write("aihub: warning: Redis is not reachable; the change is saved in the database and "
-                         "`aihub resync` applies it when Redis is back.\n")
+        sys.stderr.write("aihub: warning: Redis was not updated (not reachable, or none configured); the change is "
+                         "saved in the database, and the next `make up`, `aihub serve` or `aihub worker` start (or "
+                         "`aihub resync` with REDIS_URL set) applies it.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("status", choices=["active", "suspended"])
     boost = command("boost", "grant extra calls until a date")
     boost.add_argument("account")
-    boost.add_argument("--calls", type=int, required=True)
+    boost.add_argument("--calls", type=_int_arg, required=True)
     boost.add_argument("--until", required=True, help="ISO date or datetime (UTC)")
-    boost.add_argument("--price-minor", type=int, help="price in minor units of the account's currency, if sold")
+    boost.add_argument("--price-minor", type=_int_arg, help="price in minor units of the account's currency, if sold")
     close = command("close-period", "issue the invoices of an ended month (idempotent), e.g. 2026-11")
     close.add_argument("period")
     invoice = sub.add_parser("invoice", help="invoices: list, show, export, pdf")
@@ -161,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON")
     audit = command("audit-log", "the newest admin actions")
     audit.add_argument("--account")
-    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--limit", type=_int_arg, default=50)
     notes = command("notifications", "an account's notifications, newest first, with their delivery states")
     notes.add_argument("account")
     notes.add_argument("--limit", type=int, default=50)
@@ -172,9 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_admin(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+def run_admin(args: argparse.Namespace, environ: Mapping[str, str], redis_known: bool = True) -> None:
+    """`redis_known` False: neither REDIS_URL nor a running stack names a Redis, so changes are saved in the
+    database only (projecting into whatever listens on the default port could feed another project's Redis)."""
     from billing.store import open_accounts
-    store = open_accounts(environ)
+    if not redis_known and args.command == "resync":
+        raise GatewayError("No Redis to resync into: set REDIS_URL, or start `make up` (it resyncs at start).")
+    store = open_accounts(environ, project=redis_known)
     try:
         _admin(args, store, environ)
     finally:
@@ -185,13 +197,26 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
     accounts = store.accounts
     out = args.json
     if args.command == "migrate":
-        from billing_worker.cli import main as worker_main
-        emit({"database": "migrated"}, out)
-        if worker_main(["migrate"]) != 0:
-            raise GatewayError("ClickHouse migrations failed (see above)")
+        from billing.db.migrate import head
+        from billing_worker.clickhouse import ClickHouse
+        from billing_worker.errors import BillingWorkerError
+        from billing_worker.migrate import migrate as migrate_clickhouse
+        from billing_worker.settings import Settings as WorkerSettings
+        worker = WorkerSettings.from_env(environ)
+        try:
+            with ClickHouse(worker.clickhouse_url) as ch:
+                report = migrate_clickhouse(ch, worker.schema_dir, cluster=worker.clickhouse_cluster)
+        except BillingWorkerError as exc:
+            raise GatewayError(f"the database is migrated (revision {head()}) but not ClickHouse: {exc}. With "
+                               "embedded chDB only one process may open it: stop `make up` first (it migrates "
+                               "both at start), or use a ClickHouse server.") from None
+        emit({"database": {"revision": head()},
+              "clickhouse": {"applied": [m.name for m in report.applied],
+                             "already_applied": [m.name for m in report.already_applied]}}, out)
     elif args.command == "resync":
         report = store.resync(prune=args.prune)
-        result: dict[str, Any] = {"projected": report.projected, "newer_in_redis": report.newer_in_redis,
+        result: dict[str, Any] = {"projected": report.projected, "overwritten": report.overwritten,
+                                  "newer_in_redis": report.newer_in_redis,
                                   "orphans": report.orphans, "pruned": report.pruned}
         if args.counters:
             from billing_worker.counters import rebuild_all_counters
@@ -335,7 +360,12 @@ def resync_at_start(environ: Mapping[str, str]) -> None:
         return
     try:
         report = store.resync()
-        sys.stderr.write(f"aihub: projected {report.projected} accounts from the database into Redis\n")
+        sys.stderr.write(f"aihub: projected {report.projected + report.overwritten} accounts from the database into "
+                         "Redis\n")
+        if report.orphans:
+            sys.stderr.write(f"aihub: warning: Redis has {len(report.orphans)} accounts the database does not know "
+                             f"({', '.join(report.orphans[:5])}{', ...' if len(report.orphans) > 5 else ''}); "
+                             "`aihub resync --prune` takes them out of service\n")
     except BillingError as exc:
         sys.stderr.write(f"aihub: warning: no resync at start: {exc.message}\n")
     finally:
@@ -361,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             environ, source = stack_environ(environment())
             settings = Settings.from_env(environ)
-            sys.stderr.write(f"aihub: using Redis {settings.redis_url} ({source})\n")
-            run_admin(args, environ)
+            redis_known = not source.startswith("default")
+            if redis_known:
+                sys.stderr.write(f"aihub: using Redis {settings.redis_url} ({source})\n")
+            else:
+                sys.stderr.write(f"aihub: no Redis updated ({source}); changes are saved in the database\n")
+            run_admin(args, environ, redis_known)
     except (ConfigError, GatewayError, BillingError, ValueError) as exc:
         sys.stderr.write(f"aihub: {getattr(exc, 'message', None) or exc}\n")
         return 2

@@ -55,7 +55,7 @@ def banner(url: str, seeded: list[tuple[str, str, str | None]], catalog: Catalog
     kept = [(account, plan) for account, plan, api_key in seeded if not api_key]
     if kept:
         lines += ["", "Kept from an earlier run (keys are shown once, when issued; the old ones still work):"]
-        lines += [f"  {plan:<11} {account:<9} new key: aihub issue-key {account}" for account, plan in kept]
+        lines += [f"  {plan:<11} {account:<9} new key: .venv/bin/aihub issue-key {account}" for account, plan in kept]
     lines += ["", "Try it with curl:",
               f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
               f"-H 'Content-Type: application/json' "
@@ -126,7 +126,10 @@ def run_stack() -> None:
         store = open_accounts(env)
         try:
             report = store.resync()          # the database is the record: Redis follows it
-            log.info("projected %d accounts into Redis", report.projected + report.newer_in_redis)
+            log.info("projected %d accounts into Redis", report.projected + report.overwritten)
+            if report.orphans:
+                log.warning("Redis has %d accounts the database does not know (%s); `aihub resync --prune` takes "
+                            "them out of service", len(report.orphans), ", ".join(report.orphans[:5]))
             seeded = seed_demo(store.accounts)
         finally:
             store.close()

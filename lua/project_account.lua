@@ -5,7 +5,8 @@
 -- KEYS[2] {s:NN}:a:<acct>:keys      set of the account's key ids
 -- KEYS[3] {s:NN}:a:<acct>:boosts    zset "<boost_id>:<calls>" scored by expiry ms
 -- KEYS[4..] {s:NN}:a:<acct>:key:<kid>   one per API key record in ARGV, same order
--- ARGV[1] version (accounts.version in the database)
+-- ARGV[1] version (accounts.version in the database); "<version>!" writes whatever Redis holds (resync, when
+--         Redis holds a version the database never had: it came from another database or a restored backup)
 -- ARGV[2] n: the number of account field/value pairs that follow (ARGV[3] .. ARGV[2 + 2n])
 -- then, per key in KEYS[4..]: key id, sha256, status ("active", "revoked", or "" = delete the hash), name,
 --      created_ms (5 values each)
@@ -15,14 +16,15 @@
 -- The monthly counters, buckets and reservations are not touched.
 
 local stored = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
-local version = tonumber(ARGV[1])
-if stored > version then
+local force = string.sub(ARGV[1], -1) == '!'
+local version = tonumber(force and string.sub(ARGV[1], 1, -2) or ARGV[1])
+if stored > version and not force then
   return 0
 end
 
 local n = tonumber(ARGV[2])
 redis.call('DEL', KEYS[1])
-local fields = {'version', ARGV[1]}
+local fields = {'version', tostring(version)}
 for i = 3, 2 + 2 * n do
   fields[#fields + 1] = ARGV[i]
 end

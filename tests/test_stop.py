@@ -299,3 +299,18 @@ def test_make_up_keeps_keys_counters_and_boosts_across_a_restart(tmp_path: Path)
     finally:
         stop_stack(second)
     assert bad_lines(second["stderr"].read_text()) == []
+
+    # Redis lost entirely: accounts, keys and boosts come back from the database, used calls from ClickHouse
+    import shutil
+    shutil.rmtree(tmp_path / "var" / "redis")
+    third = start_stack(tmp_path, free_port())
+    try:
+        request = urllib.request.Request(f"{third['url']}/v1/chat/completions", data=BODY, method="POST",
+                                         headers={"Authorization": f"Bearer {free_key}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["x-quota-limit"] == "107"
+            assert response.headers["x-quota-remaining"] == str(107 - 6)   # 5 drained calls + this one
+    finally:
+        stop_stack(third)
+    assert bad_lines(third["stderr"].read_text()) == []

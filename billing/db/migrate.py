@@ -32,7 +32,9 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
         with engine.connect() as connection:
             after = MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
-        raise StoreUnavailable(f"the database could not be migrated: {type(exc).__name__}: {exc}") from None
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise StoreUnavailable(f"the database is not reachable or could not be migrated "
+                               f"({engine.url.render_as_string(hide_password=True)}): {detail}") from None
     return before, str(after)
 
 

@@ -186,3 +186,18 @@ def test_two_processes_changing_one_account_leave_the_database_and_redis_equal(
     with service.sessions() as session:
         assert session.scalars(select(PlanChange).where(PlanChange.account_id == account_id)).all()[-1].to_plan \
             == final["subscription"]["plan"]
+
+
+def test_resync_overwrites_a_version_the_database_never_had(service: AccountService, r: redis.Redis) -> None:
+    """Redis kept from another database (or a restored backup) must not outrank the record."""
+    account_id = service.create_account("Restored", "pro").account["id"]
+    issued, _ = service.issue_key(account_id)
+    keys = AccountKeys(account_id, 16)
+    r.hset(keys.account, mapping={"version": "99", "plan": "enterprise"})
+    r.hset(keys.api_key("oldkey01"), mapping={"sha256": "0" * 64, "status": "active"})
+    r.sadd(keys.key_ids, "oldkey01")
+    report = resync(service.sessions, service.projector)
+    assert (report.projected, report.overwritten, report.newer_in_redis) == (0, 1, 0)
+    assert projected(r, account_id)["plan"] == "pro" and projected(r, account_id)["version"] == "2"
+    assert not r.exists(keys.api_key("oldkey01"))
+    assert r.hget(keys.api_key(issued.key_id), "status") == b"active"

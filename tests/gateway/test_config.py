@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -103,3 +104,42 @@ def test_names_that_would_break_keys_or_records_are_refused(tmp_path: Path, muta
     path.write_text(text.replace(mutation[0], mutation[1], 1))
     with pytest.raises(ConfigError, match=message):
         load_catalog(path)
+
+
+def test_without_a_known_redis_admin_changes_are_saved_only(redis_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """No REDIS_URL and no running `make up`: nothing is written to whatever listens on the default port."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert main(["create-account", "--name", "Offline", "--plan", "pro", "--id", "offline", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "no Redis updated" in captured.err and "saved in the database" in captured.err
+    assert json.loads(captured.out)["account"] == "offline"
+    assert main(["resync"]) == 2
+    assert "No Redis to resync into" in capsys.readouterr().err
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["resync", "--json"]) == 0                            # once a Redis is named, it is projected
+    assert json.loads(capsys.readouterr().out)["projected"] == 1
+    assert redis.Redis.from_url(redis_url).hget(AccountKeys("offline", 16).account, "plan") == b"pro"
+    for bad in (["set-quota", "offline", "99999999999999999999999"], ["set-quota", "offline", "١٢"],
+                ["boost", "offline", "--calls", "99999999999999999999", "--until", "2099-01-01"],
+                ["audit-log", "--limit", "-1"], ["audit-log", "--account", "nosuch"],
+                ["create-account", "--name", "x", "--plan", "free", "--currency", "EURO"],
+                ["create-account", "--name", "bad\x1b[31m", "--plan", "free"],
+                ["create-account", "--name", "x", "--plan", "free", "--email", "not-an-email"],
+                ["create-account", "--name", "x", "--plan", "free", "--tax-id", "x" * 5000]):
+        with contextlib.suppress(SystemExit):
+            assert main(bad) == 2, bad
+        assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("url", "shown", "hidden"), [
+    ("mysql://u:hunter2secret@127.0.0.1/db", "one of sqlite, postgresql", "hunter2secret"),
+    ("postgresql+psycopg://u:p@127.0.0.1:notaport/db", "DATABASE_URL is malformed", "notaport/db"),
+    ("sqlite:////nonexistent-dir-aihub/x/aihub.db", "does not exist", "\n"),
+])
+def test_database_url_errors_are_clear_and_hide_passwords(url: str, shown: str, hidden: str) -> None:
+    from billing.settings import Settings as DatabaseSettings
+    with pytest.raises(ConfigError) as caught:
+        DatabaseSettings.from_env({"DATABASE_URL": url})
+    assert shown in str(caught.value) and hidden not in str(caught.value)
+    assert not Path("/nonexistent-dir-aihub").exists()
