@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from billing.db.models import Account, Boost, Invoice, InvoiceCounter, InvoiceLine, PeriodClose, PlanChange
-from billing.errors import InvalidInput, NotFound
+from billing.errors import Conflict, InvalidInput, NotFound
 from billing.pricing import (
     AccountUsage,
     Line,
@@ -36,6 +36,8 @@ from billing.tax import TaxTable
 from gateway.catalog import Catalog
 
 STATES = ("draft", "open", "paid", "void", "uncollectible")
+TRANSITIONS = {"draft": ("open", "void"), "open": ("paid", "void", "uncollectible"), "uncollectible": ("paid", "void"),
+               "paid": (), "void": ()}
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,28 @@ class Invoicer:
                 session.add(InvoiceCounter(year=year, last=0))
         except IntegrityError:
             pass
+
+    # -- states --------------------------------------------------------------------------------------
+    def set_status(self, number: str, status: str, *, at: datetime | None = None) -> dict[str, Any]:
+        """Moves an invoice along draft -> open -> paid | void | uncollectible (uncollectible may still be paid
+        or voided); any other move is refused (Conflict). Payments (a later module) call this with "paid"."""
+        if status not in STATES:
+            raise InvalidInput(f"An invoice status is one of {', '.join(STATES)}.", code="bad_status")
+        moment = at or datetime.now(UTC)
+        with self.sessions.begin() as session:
+            invoice = session.scalars(select(Invoice).where(Invoice.number == number).with_for_update()).first()
+            if invoice is None:
+                raise NotFound(f"No invoice {number!r}.", code="invoice_not_found")
+            if status != invoice.status:
+                if status not in TRANSITIONS[invoice.status]:
+                    raise Conflict(f"Invoice {number} is {invoice.status}; it cannot become {status}.",
+                                   code="invalid_transition")
+                invoice.status = status
+                if status == "paid":
+                    invoice.paid_at = moment
+                elif status == "void":
+                    invoice.voided_at = moment
+        return self.get(number)
 
     # -- reading -------------------------------------------------------------------------------------
     def get(self, number: str) -> dict[str, Any]:

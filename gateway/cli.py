@@ -151,10 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     iexport = isub.add_parser("export", help="a period's invoices as CSV (one row per line) or JSON")
     iexport.add_argument("--period", required=True)
     iexport.add_argument("--format", choices=("csv", "json"), default="csv")
+    istatus = isub.add_parser("set-status", help="void an invoice, mark it uncollectible, or paid (bank transfer)")
+    istatus.add_argument("number")
+    istatus.add_argument("status", choices=["paid", "void", "uncollectible"])
     ipdf = isub.add_parser("pdf", help="render an invoice as PDF (the account's language)")
     ipdf.add_argument("number")
     ipdf.add_argument("-o", "--output", help="file to write (default: <number>.pdf)")
-    for p in (ilist, ishow, ipdf):
+    for p in (ilist, ishow, ipdf, istatus):
         p.add_argument("--json", action="store_true", help="print JSON")
     iexport.add_argument("--json", action="store_true", help="same as --format json")
     report = sub.add_parser("report", help="reports: revenue by month, month-end forecast")
@@ -304,6 +307,8 @@ def _invoice(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -
         emit(rows, args.json)
     elif args.invoice_command == "show":
         emit(invoicer.get(args.number), args.json)
+    elif args.invoice_command == "set-status":
+        emit(invoicer.set_status(args.number, args.status), args.json)
     elif args.invoice_command == "export":
         invoices = invoicer.for_period(args.period)
         if args.format == "json" or args.json:

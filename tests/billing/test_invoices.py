@@ -3,6 +3,7 @@ and period, gap-free numbers, the same lines on a re-run."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -159,3 +160,16 @@ def test_closing_twice_issues_one_invoice_per_account_with_gap_free_numbers(
     assert numbers == [f"AH-{YEAR}-{n:06d}" for n in range(1, 5)]
     with db() as session:
         assert session.scalar(select(func.count()).select_from(Invoice)) == len(accounts)
+
+
+def test_invoice_states_move_only_forward(service: AccountService, invoicer: Invoicer) -> None:
+    from billing.errors import Conflict
+    invoice = close_one(invoicer, new_account(service, "pro", country="JP"))
+    assert invoicer.set_status(invoice["number"], "uncollectible")["status"] == "uncollectible"
+    paid = invoicer.set_status(invoice["number"], "paid", at=datetime(YEAR, 12, 20, tzinfo=UTC))
+    assert (paid["status"], paid["paid_at"]) == ("paid", f"{YEAR}-12-20T00:00:00Z")
+    with pytest.raises(Conflict):
+        invoicer.set_status(invoice["number"], "void")
+    free = close_one(invoicer, new_account(service, "free", country="JP"))
+    with pytest.raises(Conflict):
+        invoicer.set_status(free["number"], "open")                 # a $0 statement is paid at issue
