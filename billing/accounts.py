@@ -194,6 +194,16 @@ class AccountService:
             self._audit(session, actor, "account.status", account_id, before=before, after=status)
         return self._project(account_id)
 
+    def set_language(self, account_id: str, language: str, *, actor: str = "admin") -> Change:
+        """The language of the account's invoices and emails (en, zh)."""
+        if language not in LANGUAGES:
+            raise InvalidInput(f"The language is one of {', '.join(LANGUAGES)}.", code="bad_language")
+        with self.sessions.begin() as session:
+            account = self._locked(session, account_id)
+            before, account.language = account.language, language
+            self._audit(session, actor, "account.language", account_id, before=before, after=language)
+        return self._project(account_id)
+
     # -- subscription --------------------------------------------------------------------------------
     def set_plan(self, account_id: str, plan: str, *, now: bool = False, actor: str = "admin") -> Change:
         """An upgrade (a higher price in the account's currency) or a lateral change takes effect at once; a
@@ -398,14 +408,10 @@ class AccountService:
     def set_webhook(self, account_id: str, url: str | None, *, actor: str = "admin") -> str | None:
         """Sets the account's webhook URL (http or https) with a new signing secret, returned to be shown once;
         `url=None` turns the webhook off (secret dropped; deliveries not sent yet give up). Returns None then."""
-        from urllib.parse import urlsplit
-
         from billing.notifications import new_webhook_secret
+        from billing.webhook_urls import check_url
         if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
-                raise InvalidInput("A webhook URL is an http:// or https:// URL with a host (at most 2000 "
-                                   "characters).", code="bad_webhook_url")
+            check_url(url)
         secret = new_webhook_secret() if url is not None else None
         with self.sessions.begin() as session:
             settings = self._notification_settings(session, account_id)

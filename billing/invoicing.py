@@ -10,6 +10,7 @@ the worker: `usage`); the domain does not read ClickHouse itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from billing.db.models import Account, Boost, Invoice, InvoiceCounter, InvoiceLine, PeriodClose, PlanChange
+from billing.db.models import Account, AuditEntry, Boost, Invoice, InvoiceCounter, InvoiceLine, PeriodClose, PlanChange
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.pricing import (
     AccountUsage,
@@ -56,11 +57,14 @@ class CloseReport:
     total_minor_by_currency: dict[str, int] = field(default_factory=dict)
 
 
+PERIOD_RE = re.compile(r"^(20[0-9]{2})-(0[1-9]|1[0-2])$")
+
+
 def parse_period(name: str) -> Period:
-    try:
-        datetime.strptime(name, "%Y-%m")
-    except ValueError:
-        raise InvalidInput(f"A period is YYYY-MM, not {name!r}.", code="bad_period") from None
+    """A `YYYY-MM` month of 2000-2099; InvalidInput (bad_period) otherwise."""
+    if not PERIOD_RE.match(name):
+        raise InvalidInput(f"A period is a month written YYYY-MM between 2000-01 and 2099-12, not {name[:20]!r}.",
+                           code="bad_period")
     return Period(name)
 
 
@@ -70,7 +74,8 @@ def _aware(moment: datetime) -> datetime:
 
 class Invoicer:
     def __init__(self, sessions: sessionmaker[Session], catalog: Catalog, tax: TaxTable, seller: Seller,
-                 net_days: int = 14) -> None:
+                 net_days: int = 14, clock: Callable[[], float] | None = None) -> None:
+        self.clock = clock or (lambda: datetime.now(UTC).timestamp())
         self.sessions = sessions
         self.catalog = catalog
         self.tax = tax
@@ -110,7 +115,9 @@ class Invoicer:
         tax = self.tax.tax_for(account.country, account.region, account.tax_id, subtotal,
                                (period.end - timedelta(days=1)).date(), self.seller.country)
         total = subtotal + tax.amount_minor
-        issued = period.end
+        # On the 1st at 00:00 UTC; a close that runs late (the worker was down) issues when it runs, so numbers
+        # follow issue dates and the due date leaves the customer the full net days.
+        issued = max(period.end, datetime.fromtimestamp(int(self.clock()), UTC))
         invoice = Invoice(
             number=number, account_id=account.id, period=period.name, status="paid" if total == 0 else "open",
             currency=account.currency, language=account.language, issued_at=issued,
@@ -120,7 +127,8 @@ class Invoicer:
                  "note": tax.note},
             customer={"id": account.id, "name": account.name, "billing_email": account.billing_email,
                       "country": account.country, "region": account.region, "tax_id": account.tax_id},
-            usage=usage.summary(), paid_at=issued if total == 0 else None, created_at=datetime.now(UTC))
+            usage=usage.summary() | {"list_cost_currency": self.catalog.currency},
+            paid_at=issued if total == 0 else None, created_at=datetime.now(UTC))
         invoice.lines = [InvoiceLine(position=i, kind=line.kind, description=line.description, quantity=line.quantity,
                                      unit_amount_minor=line.unit_amount_minor, amount_minor=line.amount_minor)
                          for i, line in enumerate(lines, 1)]
@@ -222,7 +230,8 @@ class Invoicer:
             pass
 
     # -- states --------------------------------------------------------------------------------------
-    def set_status(self, number: str, status: str, *, at: datetime | None = None) -> dict[str, Any]:
+    def set_status(self, number: str, status: str, *, at: datetime | None = None,
+                   actor: str = "admin") -> dict[str, Any]:
         """Moves an invoice along draft -> open -> paid | void | uncollectible (uncollectible may still be paid
         or voided); any other move is refused (Conflict). Payments (a later module) call this with "paid"."""
         if status not in STATES:
@@ -236,6 +245,8 @@ class Invoicer:
                 if status not in TRANSITIONS[invoice.status]:
                     raise Conflict(f"Invoice {number} is {invoice.status}; it cannot become {status}.",
                                    code="invalid_transition")
+                session.add(AuditEntry(at=moment, actor=actor, action="invoice.status", account_id=invoice.account_id,
+                                       details={"number": number, "before": invoice.status, "after": status}))
                 invoice.status = status
                 if status == "paid":
                     invoice.paid_at = moment

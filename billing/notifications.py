@@ -304,6 +304,8 @@ class UrllibPoster:
         self.opener = urllib.request.build_opener(_NoRedirect())
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        from billing.webhook_urls import check_resolved
+        check_resolved(url)        # a public address only (billing.webhook_urls)
         request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
         try:
             with self.opener.open(request, timeout=timeout) as response:

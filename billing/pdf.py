@@ -192,8 +192,9 @@ def _environment(directory: Path) -> jinja2.Environment:
 
 
 @pass_context
-def _money_filter(context: Context, minor: int | str | Decimal | None) -> str:
-    return "" if minor is None else format_money(minor, str(context["currency"]))
+def _money_filter(context: Context, minor: int | str | Decimal | None, currency: str | None = None) -> str:
+    """Minor units in the invoice's currency, or in `currency` (list costs are in the catalog's currency)."""
+    return "" if minor is None else format_money(minor, currency or str(context["currency"]))
 
 
 @pass_context

@@ -26,7 +26,7 @@ def invoicer_for(store: Store, environ: Mapping[str, str] | None = None) -> Invo
     settings = BillingSettings.from_env(environ)
     seller = Seller(settings.seller_name, settings.seller_address, settings.seller_country, settings.seller_tax_id)
     return Invoicer(store.accounts.sessions, store.accounts.catalog, load_tax_table(settings.tax_table), seller,
-                    settings.invoice_net_days)
+                    settings.invoice_net_days, clock=store.accounts.clock)
 
 
 def close(store: Store, ch: ClickHouse, period: str, environ: Mapping[str, str] | None = None,

@@ -20,7 +20,10 @@ def _moment(value: str | None) -> datetime:
     except ValueError:
         raise InvalidInput(f"--at {value!r} is not an ISO date or datetime (e.g. 2026-11-11T00:00:00)",
                            code="bad_time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if not datetime(2000, 1, 1, tzinfo=UTC) <= moment < datetime(2099, 12, 1, tzinfo=UTC):
+        raise InvalidInput("--at must lie between 2000-01-01 and 2099-11-30.", code="bad_time")
+    return moment
 
 
 def run_report(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> Any:

@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--email", dest="billing_email")
     create.add_argument("--tax-id")
     create.add_argument("--currency", help="ISO 4217 code, fixed at creation (default: the catalog's)")
+    create.add_argument("--language", default="en", choices=["en", "zh"], help="invoices and emails")
     create.add_argument("--id", dest="account_id")
     command("list-accounts", "every account with its subscription")
     show = command("show-account", "one account, its subscription, boosts and keys")
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     overage = command("set-overage", "pay-as-you-go overage on or off (plans that offer it)")
     overage.add_argument("account")
     overage.add_argument("state", choices=["on", "off"])
+    language = command("set-language", "the language of the account's invoices and emails")
+    language.add_argument("account")
+    language.add_argument("language", choices=["en", "zh"])
     status = command("set-status", "suspend or reactivate an account")
     status.add_argument("account")
     status.add_argument("status", choices=["active", "suspended"])
@@ -234,7 +238,8 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
     elif args.command == "create-account":
         change = accounts.create_account(args.name, args.plan, country=args.country, region=args.region,
                                          billing_email=args.billing_email, tax_id=args.tax_id,
-                                         currency=args.currency, account_id=args.account_id, actor="cli")
+                                         currency=args.currency, language=args.language,
+                                         account_id=args.account_id, actor="cli")
         issued, projected = accounts.issue_key(change.account["id"], actor="cli")
         warn_if_pending(projected)
         emit({"account": issued.account_id, "plan": args.plan, "key_id": issued.key_id, "api_key": issued.api_key},
@@ -272,6 +277,7 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
             "set-quota": lambda: accounts.set_custom_quota(args.account, _calls(args.calls), actor="cli"),
             "set-overage": lambda: accounts.set_overage(args.account, args.state == "on", actor="cli"),
             "set-status": lambda: accounts.set_status(args.account, args.status, actor="cli"),
+            "set-language": lambda: accounts.set_language(args.account, args.language, actor="cli"),
         }[args.command]()
         warn_if_pending(change.projected)
         emit(change.account, out)
@@ -290,8 +296,16 @@ def _close_period(store: Any, period: str, environ: Mapping[str, str]) -> dict[s
             bar = ProgressBar(total, "accounts")
         bar.update(done)
 
-    with ClickHouse(WorkerSettings.from_env(environ).clickhouse_url) as ch:
-        report = close(store, ch, period, environ, progress)
+    from billing.invoicing import parse_period
+    from billing_worker.errors import BillingWorkerError
+    parse_period(period)
+    try:
+        with ClickHouse(WorkerSettings.from_env(environ).clickhouse_url) as ch:
+            report = close(store, ch, period, environ, progress)
+    except BillingWorkerError as exc:
+        raise GatewayError(f"ClickHouse: {str(exc).splitlines()[0][:300]}. Run `aihub migrate` on a new install; "
+                           "with embedded chDB only one process may open it (stop `make up`, or let its worker "
+                           "close the month).") from None
     if bar is not None:
         bar.finish()
     return {"period": report.period, "issued": len(report.issued), "already_issued": report.existing,
@@ -308,7 +322,7 @@ def _invoice(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -
     elif args.invoice_command == "show":
         emit(invoicer.get(args.number), args.json)
     elif args.invoice_command == "set-status":
-        emit(invoicer.set_status(args.number, args.status), args.json)
+        emit(invoicer.set_status(args.number, args.status, actor="cli"), args.json)
     elif args.invoice_command == "export":
         invoices = invoicer.for_period(args.period)
         if args.format == "json" or args.json:
@@ -331,6 +345,8 @@ def _invoice(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -
         from billing.pdf import render_invoice_pdf
         invoice = invoicer.get(args.number)
         path = Path(args.output or f"{args.number}.pdf")
+        if path.is_dir() or not path.parent.is_dir():
+            raise GatewayError(f"cannot write {path}: give a file name in an existing directory (-o)")
         path.write_bytes(render_invoice_pdf(invoice, str(invoice["language"])))
         emit({"number": args.number, "pdf": str(path), "bytes": path.stat().st_size}, args.json)
 

@@ -52,6 +52,12 @@ class Inbox:
         return "250 Message accepted for delivery"
 
 
+
+@pytest.fixture(autouse=True)
+def _local_receivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receivers here listen on 127.0.0.1, which production refuses (billing.webhook_urls)."""
+    monkeypatch.setenv("AIHUB_WEBHOOK_ALLOW_PRIVATE", "1")
+
 @pytest.fixture
 def smtp() -> Iterator[tuple[SmtpSettings, Inbox]]:
     inbox = Inbox()

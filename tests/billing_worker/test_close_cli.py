@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,19 @@ def test_close_period_issues_invoices_from_clickhouse_usage(
     pdf = tmp_path / "invoice.pdf"
     assert main(["invoice", "pdf", number, "-o", str(pdf), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pdf"] == str(pdf) and pdf.read_bytes().startswith(b"%PDF")
-    assert main(["close-period", "2999-01"]) == 2
+    # closed after the 1st (as when the worker was down): issued when the close ran, due 14 days after that
+    issued, due = (datetime.fromisoformat(invoice[k].replace("Z", "+00:00")) for k in ("issued_at", "due_at"))
+    assert issued >= datetime(2026, 11, 1, tzinfo=UTC) and due - issued == timedelta(days=14)
+    assert main(["close-period", "2099-01"]) == 2
     assert "has not ended" in capsys.readouterr().err
+    for bad in ("2026-1", "2026-13", "9999-12", "../x", "1969-12"):
+        assert main(["close-period", bad]) == 2
+        err = capsys.readouterr().err
+        assert "YYYY-MM" in err and "Traceback" not in err
+    assert main(["invoice", "pdf", number, "-o", "/nonexistent-dir-aihub/x.pdf"]) == 2
+    assert main(["invoice", "set-status", number, "void", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["audit-log", "--json"]) == 0
+    actions = [e["action"] for e in json.loads(capsys.readouterr().out)]
+    assert actions[0] == "invoice.status"
     assert main(["invoice", "show", "AH-1999-000001"]) == 2
