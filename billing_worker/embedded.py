@@ -26,6 +26,7 @@ from billing_worker.errors import BillingWorkerError
 from billing_worker.last_used import INTERVAL_S, sync_last_used
 from billing_worker.migrate import migrate
 from billing_worker.settings import Settings
+from billing_worker.store_thread import StoreThread
 
 log = logging.getLogger(__name__)
 
@@ -51,106 +52,45 @@ class DrainScheduler(threading.Thread):
         self.join(10)
 
 
-class CloseScheduler(threading.Thread):
+class CloseScheduler(StoreThread):
     """At start and every `interval_s`: applies the plan changes that are due (a downgrade at 00:00 UTC on the
     1st) and, when a month has ended without a completed close, enqueues `close_due_periods` (so a close missed
-    while the worker was down runs when it starts). The database is opened lazily, as LastUsedScheduler does."""
+    while the worker was down runs when it starts)."""
+
+    purpose = "the monthly close check"
 
     def __init__(self, interval_s: float = 60.0, opener: Callable[[], Any] | None = None) -> None:
-        super().__init__(name="close-scheduler", daemon=True)
-        self.interval_s = interval_s
-        self.opener = opener or _open_accounts
-        self.stopped = threading.Event()
-        self.store: Any = None
+        super().__init__("close-scheduler", interval_s, opener, run_first=True)
         self.sent: set[str] = set()
 
-    def tick(self) -> list[str]:
+    def work(self, store: Any) -> list[str]:
         from billing_worker.actors import close_due_periods
         from billing_worker.close import due_periods
-        if self.store is None:
-            self.store = self.opener()
-        self.store.accounts.apply_scheduled_changes()
-        due = [p for p in due_periods(self.store) if p not in self.sent]
+        store.accounts.apply_scheduled_changes()
+        due = [p for p in due_periods(store) if p not in self.sent]
         if due:
             close_due_periods.send()
             self.sent.update(due)
         return due
 
-    def run(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except Exception:       # database or broker unreachable: the next tick tries again
-                log.warning("the monthly close check failed", exc_info=True)
-            if self.stopped.wait(self.interval_s):
-                break
-        if self.store is not None:
-            self.store.close()
 
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(10)
+class LastUsedScheduler(StoreThread):
+    """Every `interval_s`, copies the keys' last-used times from Redis into the database; one last sync runs
+    when the scheduler stops."""
 
+    purpose = "recording the keys' last-used times"
 
-def _open_accounts() -> Any:
-    from billing.store import open_accounts
-    return open_accounts()
-
-
-class LastUsedScheduler(threading.Thread):
-    """Every `interval_s`, copies the keys' last-used times from Redis into the database.
-
-    The database is opened lazily in this thread (`opener`, default `billing.store.open_accounts()`: a Store
-    with `.redis` and `.accounts`); when it cannot be opened a warning is logged once and the tick is
-    skipped (the next tick tries again). One last sync runs when the scheduler stops."""
-
-    def __init__(self, interval_s: float = INTERVAL_S, opener: Callable[[], Any] = _open_accounts) -> None:
-        super().__init__(name="last-used-scheduler", daemon=True)
-        self.interval_s = interval_s
-        self.opener = opener
-        self.stopped = threading.Event()
-        self.store: Any = None
-        self.warned = False
+    def __init__(self, interval_s: float = INTERVAL_S, opener: Callable[[], Any] | None = None) -> None:
+        super().__init__("last-used-scheduler", interval_s, opener, final_tick=True)
         self.synced: dict[tuple[str, str], float] = {}
 
-    def _open(self) -> Any:
-        if self.store is None:
-            try:
-                self.store = self.opener()
-            except Exception as exc:
-                if not self.warned:
-                    self.warned = True
-                    log.warning("last-used times are not recorded: the accounts database cannot be opened: %s",
-                                exc)
-                return None
-        return self.store
-
-    def tick(self) -> int | None:
-        """One sync; the rows changed, or None when the database or Redis could not be used."""
-        store = self._open()
-        if store is None:
-            return None
+    def work(self, store: Any) -> int | None:
+        """One sync; the rows changed, or None when Redis or the database could not be used."""
         try:
             return sync_last_used(store.redis, store.accounts, self.synced)
         except Exception:           # Redis restarting, database busy: try again next tick
             log.warning("could not record the keys' last-used times", exc_info=True)
             return None
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.wait(self.interval_s):
-                self.tick()
-            if self.store is not None:
-                self.tick()
-        finally:
-            if self.store is not None:
-                with contextlib.suppress(Exception):
-                    self.store.close()
-                self.store = None
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(10)
 
 
 @contextlib.contextmanager

@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +27,7 @@ from billing.notifications import (
 )
 from billing.notifications_settings import SmtpSettings
 from billing_worker.redis_streams import Client, call_on, ensure_groups, read_new, read_own_pending
+from billing_worker.store_thread import StoreThread
 from gateway.keys import ID_RE, notify_stream
 from gateway.redis_client import text
 
@@ -88,17 +87,12 @@ def anomalies_due(ch: Any, sessions: Any, now: datetime) -> int:
     return record_anomalies(sessions, flagged, now)
 
 
-def _open_accounts() -> Any:
-    from billing.store import open_accounts
-    return open_accounts()
-
-
 def _clickhouse() -> Any:
     from billing_worker import actors
     return actors.resources()[1]
 
 
-class NotificationScheduler(threading.Thread):
+class NotificationScheduler(StoreThread):
     """Every `interval_s`: records the quota warnings, invoice and anomaly notifications, then delivers what is due.
 
     The database is opened lazily in this thread (`opener`, default billing.store.open_accounts(): a Store with
@@ -106,13 +100,13 @@ class NotificationScheduler(threading.Thread):
     when it cannot be opened and the tick is skipped. SMTP settings are read once (billing.notifications_settings);
     without them email waits. `clock` pins time in tests."""
 
-    def __init__(self, interval_s: float = INTERVAL_S, opener: Callable[[], Any] = _open_accounts,
+    purpose = "sending notifications"
+
+    def __init__(self, interval_s: float = INTERVAL_S, opener: Callable[[], Any] | None = None,
                  clickhouse: Callable[[], Any] | None = _clickhouse, smtp: SmtpSettings | None = None,
                  http: Any = None, clock: Callable[[], datetime] | None = None,
                  anomaly_interval_s: float = ANOMALY_INTERVAL_S) -> None:
-        super().__init__(name="notification-scheduler", daemon=True)
-        self.interval_s = interval_s
-        self.opener = opener
+        super().__init__("notification-scheduler", interval_s, opener)
         self.clickhouse = clickhouse
         self.smtp = smtp
         self.smtp_read = smtp is not None
@@ -120,16 +114,8 @@ class NotificationScheduler(threading.Thread):
         self.clock = clock or (lambda: datetime.now(UTC))
         self.anomaly_interval_s = anomaly_interval_s
         self.last_anomaly_check: datetime | None = None
-        self.stopped = threading.Event()
-        self.store: Any = None
-        self.warned: set[str] = set()
 
-    def _warn_once(self, what: str, message: str, *args: Any) -> None:
-        if what not in self.warned:
-            self.warned.add(what)
-            log.warning(message, *args)
-
-    def _open(self) -> Any:
+    def open(self) -> Any:
         if not self.smtp_read:
             self.smtp_read = True
             try:
@@ -138,19 +124,10 @@ class NotificationScheduler(threading.Thread):
                 log.warning("notification emails are not sent: %s", exc)
             if self.smtp is None:
                 log.info("SMTP_HOST is not set: notification emails wait until it is")
-        if self.store is None:
-            try:
-                self.store = self.opener()
-            except Exception as exc:
-                self._warn_once("open", "notifications are not sent: the accounts database cannot be opened: %s", exc)
-                return None
-        return self.store
+        return super().open()
 
-    def tick(self) -> dict[str, Any] | None:
-        """One round: produce, then deliver; None when the database could not be opened."""
-        store = self._open()
-        if store is None:
-            return None
+    def work(self, store: Any) -> dict[str, Any]:
+        """One round: produce, then deliver (`tick()` gives None when the database could not be opened)."""
         now = self.clock()
         sessions = store.accounts.sessions
         result: dict[str, Any] = {}
@@ -174,17 +151,3 @@ class NotificationScheduler(threading.Thread):
         except Exception:
             log.warning("could not deliver the notifications", exc_info=True)
         return result
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.wait(self.interval_s):
-                self.tick()
-        finally:
-            if self.store is not None:
-                with contextlib.suppress(Exception):
-                    self.store.close()
-                self.store = None
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(10)

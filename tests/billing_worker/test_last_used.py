@@ -108,12 +108,12 @@ def test_scheduler_warns_once_when_the_database_cannot_be_opened(caplog: pytest.
         raise RuntimeError("database is down")
 
     scheduler = LastUsedScheduler(interval_s=3600, opener=opener)
-    with caplog.at_level(logging.WARNING, logger="billing_worker.embedded"):
+    with caplog.at_level(logging.WARNING, logger="billing_worker.store_thread"):
         assert scheduler.tick() is None
         assert scheduler.tick() is None
     assert len(attempts) == 2
     assert [r.message for r in caplog.records].count(
-        "last-used times are not recorded: the accounts database cannot be opened: database is down") == 1
+        "recording the keys' last-used times: not done, the accounts database cannot be opened: database is down") == 1
 
 
 def test_scheduler_records_and_closes_its_store(client: redis.Redis, service: AccountService) -> None:
