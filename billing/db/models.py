@@ -230,3 +230,118 @@ class Delivery(Base):
 
 __all__ = ["Account", "ApiKey", "AuditEntry", "Base", "Boost", "Delivery", "Invoice", "InvoiceCounter",
            "InvoiceLine", "Notification", "NotificationSettings", "PeriodClose", "PlanChange", "Subscription"]
+
+
+# -- payments (migration 0004; billing/payments) ----------------------------------------------------------------
+
+# A payment in one of these states holds the invoice: the partial unique index lets at most one exist per invoice,
+# so two workers charging at once cannot both insert (and so both call the provider), whatever the provider does
+# with idempotency keys. processing and requires_action may still turn into money; the others are money taken.
+LIVE_PAYMENT_STATES = ("processing", "requires_action", "succeeded", "partially_refunded", "refunded")
+PAYMENT_STATES = ("pending", "processing", "succeeded", "failed", "requires_action", "refunded", "partially_refunded")
+PAYMENT_PROVIDERS = ("stripe", "paypal", "bank_transfer")
+
+
+class PaymentCustomer(Base):
+    """The account's customer at a provider (one per account and provider), created on first use."""
+
+    __tablename__ = "payment_customers"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+
+class PaymentMethod(Base):
+    """A payment method on file: the provider's ids and what it shows (brand, last 4); never a card number."""
+
+    __tablename__ = "payment_methods"
+    __table_args__ = (Index("ix_payment_methods_account", "account_id"),
+                      UniqueConstraint("provider", "provider_method_id", name="uq_payment_methods_provider_method"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    provider: Mapped[str] = mapped_column(String(16))                     # stripe | paypal | bank_transfer
+    provider_customer_id: Mapped[str | None] = mapped_column(String(255))
+    provider_method_id: Mapped[str | None] = mapped_column(String(255))  # pm_...; None for bank transfer
+    brand: Mapped[str | None] = mapped_column(String(32))
+    last4: Mapped[str | None] = mapped_column(String(4))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+
+class Payment(Base):
+    """One attempt to collect an invoice. States: pending (bank transfer awaited) | processing -> succeeded |
+    failed | requires_action; succeeded -> partially_refunded -> refunded. A failed attempt frees the invoice for
+    the next one (attempt n+1, its own idempotency key)."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        Index("ix_payments_account_created", "account_id", "created_at"),
+        UniqueConstraint("idempotency_key", name="uq_payments_idempotency_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    provider: Mapped[str] = mapped_column(String(16))
+    payment_method_id: Mapped[int | None] = mapped_column(ForeignKey("payment_methods.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(String(3))
+    state: Mapped[str] = mapped_column(String(24))
+    provider_payment_id: Mapped[str | None] = mapped_column(String(255))  # PaymentIntent id, transfer reference
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    failure_message: Mapped[str | None] = mapped_column(String(500))
+    idempotency_key: Mapped[str] = mapped_column(String(128))              # invoice-<number>-attempt-<n>
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    updated_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+
+# The "at most one live payment per invoice" guard (a partial unique index, on PostgreSQL and SQLite alike).
+Index("uq_payments_invoice_live", Payment.invoice_id, unique=True,
+      postgresql_where=Payment.state.in_(LIVE_PAYMENT_STATES), sqlite_where=Payment.state.in_(LIVE_PAYMENT_STATES))
+
+
+class CreditNoteCounter(Base):
+    """The last credit note number issued in a year (gap-free, like invoice_counters)."""
+
+    __tablename__ = "credit_note_counters"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CreditNote(Base):
+    __tablename__ = "credit_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)          # CN-2026-000001
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+
+class Refund(Base):
+    """A refund of a payment. States: pending (recorded before the provider is called, so concurrent refunds
+    cannot exceed the payment) -> succeeded (with its credit note) | failed."""
+
+    __tablename__ = "refunds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    provider_refund_id: Mapped[str | None] = mapped_column(String(255))
+    credit_note_number: Mapped[str | None] = mapped_column(ForeignKey("credit_notes.number"))
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    failure_message: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+
+__all__ += ["LIVE_PAYMENT_STATES", "PAYMENT_PROVIDERS", "PAYMENT_STATES", "CreditNote", "CreditNoteCounter",
+            "Payment", "PaymentCustomer", "PaymentMethod", "Refund"]
