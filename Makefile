@@ -22,10 +22,10 @@ up: venv redis
 	$(BIN)/python -m gateway up
 
 lint: venv
-	$(BIN)/ruff check gateway billing billing_worker fakes tests benchmarks
+	$(BIN)/ruff check gateway api billing billing_worker fakes tests benchmarks
 
 typecheck: venv
-	$(BIN)/mypy gateway billing billing_worker fakes
+	$(BIN)/mypy gateway api billing billing_worker fakes
 
 pytest: venv
 	@scripts/ensure-redis

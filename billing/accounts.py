@@ -70,7 +70,8 @@ def account_view(account: Account) -> dict[str, Any]:
             "currency": account.currency, "language": account.language, "status": account.status,
             "created_at": _iso(account.created_at), "version": account.version,
             "subscription": {"plan": sub.plan, "since": _iso(sub.since), "custom_quota": sub.custom_quota,
-                             "overage_enabled": sub.overage_enabled, "scheduled_plan": sub.scheduled_plan,
+                             "overage_enabled": sub.overage_enabled, "restricted": sub.restricted,
+                             "scheduled_plan": sub.scheduled_plan,
                              "scheduled_at": _iso(sub.scheduled_at)},
             "boosts": [{"id": b.id, "calls": b.calls, "until": _iso(b.until), "price_minor": b.price_minor,
                         "currency": b.currency} for b in account.boosts]}
@@ -89,6 +90,7 @@ class AccountService:
         self.projector = projector
         self.catalog = catalog
         self.clock = clock
+        self.require_payment_method = False   # billing.store sets it from AIHUB_REQUIRE_PAYMENT_METHOD (default on)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -218,6 +220,11 @@ class AccountService:
             old = self._plan(before)
             cheaper = (new.prices_minor or {}).get(account.currency, 0) < (old.prices_minor or {}).get(
                 account.currency, 0)
+            if not cheaper and plan != before and self.require_payment_method \
+                    and (new.prices_minor or {}).get(account.currency, 0) > 0 \
+                    and not self._has_payment_method(session, account_id):
+                raise InvalidInput(f"The {new.display_name} plan is paid: add a payment method or enable bank "
+                                   "transfer first.", code="payment_method_required")
             if plan == before:
                 sub.scheduled_plan = sub.scheduled_at = None
             elif cheaper and not now:
@@ -226,6 +233,23 @@ class AccountService:
                 self._change_plan(session, sub, plan, self.now(), actor)
             self._audit(session, actor, "subscription.plan", account.id, before=before, requested=plan,
                         scheduled_for=_iso(sub.scheduled_at))
+        return self._project(account_id)
+
+    @staticmethod
+    def _has_payment_method(session: Session, account_id: str) -> bool:
+        from billing.db.models import PaymentMethod
+        return session.scalars(select(PaymentMethod.id).where(PaymentMethod.account_id == account_id)).first() \
+            is not None
+
+    def set_restricted(self, account_id: str, restricted: bool, *, actor: str = "dunning") -> Change:
+        """Dunning's consequence: the gateway applies the free plan's limits while `restricted` (the subscription
+        and its invoices are unchanged); lifting it restores the plan at once."""
+        with self.sessions.begin() as session:
+            self._locked(session, account_id)
+            sub = session.get(Subscription, account_id)
+            assert sub is not None
+            before, sub.restricted = sub.restricted, restricted
+            self._audit(session, actor, "subscription.restricted", account_id, before=before, after=restricted)
         return self._project(account_id)
 
     def cancel(self, account_id: str, *, actor: str = "admin") -> Change:

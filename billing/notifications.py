@@ -46,7 +46,8 @@ from billing.db.models import Account, Delivery, Invoice, Notification, Notifica
 from billing.errors import InvalidInput
 from billing.notifications_settings import SmtpSettings
 
-KINDS = ("quota_80", "quota_100", "invoice_issued", "invoice_due_soon", "invoice_overdue", "usage_anomaly")
+KINDS = ("quota_80", "quota_100", "invoice_issued", "invoice_due_soon", "invoice_overdue", "usage_anomaly",
+         "payment_failed", "payment_recovered")
 CHANNELS = ("email", "webhook")
 STATES = ("pending", "sending", "delivered", "failed", "gave_up")
 DEFAULT_LEVELS = (80, 100)
@@ -203,6 +204,11 @@ _EN: dict[str, tuple[str, str]] = {
     "usage_anomaly": ("Unusual usage on {day}",
                       "Your account {name} made {calls} calls on {day}, {ratio} times its average of the days before "
                       "({avg} a day).\nIf you do not expect this, check your API keys."),
+    "payment_failed": ("Payment of invoice {number} failed",
+                       "The payment of invoice {number} ({period}, {total}) for {name} failed: {reason}.\n{next}"),
+    "payment_recovered": ("Invoice {number} is paid",
+                          "Invoice {number} ({period}, {total}) for {name} is paid. Thank you; your plan is restored "
+                          "if it was limited."),
 }
 _ZH: dict[str, tuple[str, str]] = {
     "quota_80": ("您已使用本月调用额度的 {level}%（{period}）",
@@ -220,6 +226,10 @@ _ZH: dict[str, tuple[str, str]] = {
     "usage_anomaly": ("{day} 用量异常",
                       "您的账户 {name} 在 {day} 调用了 {calls} 次，是此前日均（{avg} 次）的 {ratio} 倍。\n"
                       "如非预期，请检查您的 API 密钥。"),
+    "payment_failed": ("发票 {number} 扣款失败",
+                       "{name} 的发票 {number}（{period}，{total}）扣款失败：{reason}。\n{next}"),
+    "payment_recovered": ("发票 {number} 已支付",
+                          "{name} 的发票 {number}（{period}，{total}）已支付。谢谢！如套餐曾被限制，现已恢复。"),
 }
 _STATUS_ZH = {"open": "待支付", "paid": "已支付", "void": "已作废", "uncollectible": "无法收回", "draft": "草稿"}
 
@@ -234,7 +244,8 @@ def render_email(kind: str, payload: Mapping[str, Any], language: str, account_n
               "total": _money(payload["total_minor"], payload["currency"]) if "total_minor" in payload else "",
               "due": _day(payload.get("due_at")), "status": _STATUS_ZH.get(status, status) if chinese else status,
               "day": payload.get("day", ""), "calls": payload.get("calls", ""), "ratio": payload.get("ratio", ""),
-              "avg": payload.get("trailing_avg", "")}
+              "avg": payload.get("trailing_avg", ""), "reason": payload.get("reason", ""),
+              "next": payload.get("next", "")}
     footer = ("\n\n—— AI Hub\n（此邮件由系统自动发送。）" if chinese
               else "\n\n-- AI Hub\n(This message was sent automatically.)")
     return "[AI Hub] " + subject.format(**values), body.format(**values) + footer

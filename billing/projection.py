@@ -29,7 +29,8 @@ def _ms(moment: Any) -> int:
 
 
 class Projector:
-    def __init__(self, client: Any, shards: int, clock: Any = time.time) -> None:
+    def __init__(self, client: Any, shards: int, clock: Any = time.time, restricted_plan: str = "free") -> None:
+        self.restricted_plan = restricted_plan    # what an account restricted by dunning gets (billing.dunning)
         self.client = client
         self.shards = shards
         self.clock = clock
@@ -40,7 +41,7 @@ class Projector:
         Raises StoreUnavailable when Redis cannot be reached (the change stays in the database: resync applies it)."""
         keys = AccountKeys(account.id, self.shards)
         sub = account.subscription
-        fields = {"plan": sub.plan, "status": account.status,
+        fields = {"plan": self.restricted_plan if sub.restricted else sub.plan, "status": account.status,
                   "custom_quota": "" if sub.custom_quota is None else str(sub.custom_quota),
                   "overage": "1" if sub.overage_enabled else "0", "currency": account.currency,
                   "country": account.country, "name": account.name, "created_ms": str(_ms(account.created_at))}

@@ -28,6 +28,8 @@ class Settings:
     seller_tax_id: str = ""
     invoice_net_days: int = 14          # AIHUB_INVOICE_NET_DAYS: due date = issue date + net days
     tax_table: Path = ROOT / "config" / "tax.toml"
+    require_payment_method: bool = True  # AIHUB_REQUIRE_PAYMENT_METHOD: an upgrade to a paid plan needs one
+    dunning_retry_days: tuple[int, ...] = (1, 3, 5, 7)   # AIHUB_DUNNING_RETRY_DAYS, days after the first failure
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,7 +55,18 @@ class Settings:
         net = env.get("AIHUB_INVOICE_NET_DAYS") or str(cls.invoice_net_days)
         if not net.isdigit() or int(net) > 365:
             raise ConfigError(f"AIHUB_INVOICE_NET_DAYS={net!r} must be a whole number of days (0 to 365)")
-        return cls(database_url=url, seller_name=env.get("AIHUB_SELLER_NAME") or cls.seller_name,
+        require = (env.get("AIHUB_REQUIRE_PAYMENT_METHOD") or "1").strip().lower()
+        if require not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError(f"AIHUB_REQUIRE_PAYMENT_METHOD={require!r} must be 0 or 1")
+        days_raw = env.get("AIHUB_DUNNING_RETRY_DAYS") or "1,3,5,7"
+        try:
+            days = tuple(int(d) for d in days_raw.split(","))
+        except ValueError:
+            days = ()
+        if not days or any(d <= 0 for d in days) or list(days) != sorted(set(days)):
+            raise ConfigError(f"AIHUB_DUNNING_RETRY_DAYS={days_raw!r} must be increasing whole days, e.g. 1,3,5,7")
+        return cls(database_url=url, require_payment_method=require in ("1", "true", "yes", "on"),
+                   dunning_retry_days=days, seller_name=env.get("AIHUB_SELLER_NAME") or cls.seller_name,
                    seller_address=env.get("AIHUB_SELLER_ADDRESS") or "", seller_country=country.upper(),
                    seller_tax_id=env.get("AIHUB_SELLER_TAX_ID") or "", invoice_net_days=int(net),
                    tax_table=Path(env.get("AIHUB_TAX_TABLE") or cls.tax_table))

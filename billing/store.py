@@ -64,8 +64,11 @@ def open_accounts(environ: Mapping[str, str] | None = None, clock: Callable[[], 
         engine.dispose()
         raise StoreUnavailable(f"the database is not reachable: {exc}") from None
     client = redis_client(gateway_settings)
-    projector = Projector(client, gateway_settings.shards, **({"clock": clock} if clock else {}))
-    service = AccountService(sessions(engine), projector if project else None,
-                             load_catalog(gateway_settings.catalog_path),
+    catalog = load_catalog(gateway_settings.catalog_path)
+    cheapest = min(catalog.plans.values(), key=lambda p: p.price_minor).name
+    projector = Projector(client, gateway_settings.shards, **({"clock": clock} if clock else {}),
+                          restricted_plan=cheapest)
+    service = AccountService(sessions(engine), projector if project else None, catalog,
                              **({"clock": clock} if clock else {}))
+    service.require_payment_method = database.require_payment_method
     return Store(engine, client, service, projector)

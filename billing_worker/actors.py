@@ -99,3 +99,17 @@ def close_due_periods() -> None:
             log.info("closed %s: %d invoices issued, %d existed", period, len(report.issued), report.existing)
     finally:
         store.close()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=5, min_backoff=5_000, max_backoff=300_000)
+def process_provider_event(event_id: int) -> None:
+    """Applies one recorded payment-provider webhook event (billing.provider_events; idempotent)."""
+    from billing.provider_events import apply
+    from billing.store import open_accounts
+    from billing_worker.payments import services
+    store = open_accounts()
+    try:
+        payments, _ = services(store)
+        log.info("provider event %d: %s", event_id, apply(store.accounts.sessions, event_id, payments))
+    finally:
+        store.close()

@@ -110,6 +110,9 @@ def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
     last_used.start()
     closer = CloseScheduler()
     closer.start()
+    from billing_worker.payments import PaymentsScheduler
+    collector = PaymentsScheduler()
+    collector.start()
     from billing_worker.notify import NotificationScheduler
     notifier = NotificationScheduler()      # quota, invoice and anomaly notifications; email and webhook
     notifier.start()
@@ -117,6 +120,7 @@ def embedded_worker(settings: Settings | None = None) -> Iterator[None]:
         yield
     finally:
         scheduler.stop()
+        collector.stop()
         closer.stop()
         notifier.stop()
         last_used.stop()

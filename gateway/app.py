@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
@@ -73,7 +73,10 @@ async def _every(seconds: float, job: Any, name: str) -> None:
 
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
-               clock: Clock = system_clock, run_reaper: bool = True) -> Starlette:
+               clock: Clock = system_clock, run_reaper: bool = True,
+               extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The proxy app; `extra_routes` adds another role's routes on the same port (`make up` mounts the API
+    role's webhooks: the proxy's own modules never import them)."""
     settings = settings or Settings.from_env()
     catalog = catalog or load_catalog(settings.catalog_path)
     upstreams = Upstreams(settings, catalog.upstreams)
@@ -152,6 +155,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
         Route("/v1/{rest:path}", v1, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *extra_routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)],
                     exception_handlers={Exception: server_error, 404: not_found, 405: bad_method})

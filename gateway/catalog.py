@@ -46,6 +46,7 @@ class Plan:
     support: str
     prices_minor: dict[str, int] | None = None           # monthly price by currency (ISO 4217), minor units
     overage_prices_minor: dict[str, int] | None = None   # per overage call by currency, minor units
+    dunning: str = "uncollectible"     # when the last payment retry fails: suspend (free limits) | uncollectible
     max_calls_per_request: int = 1     # n x prompts one request may ask for (400 above it)
     max_output_tokens: int = 0         # cap on max_tokens / max_completion_tokens / max_output_tokens; 0 = none
 
@@ -124,6 +125,9 @@ def _plan(name: str, raw: dict[str, Any], currency: str = "USD") -> Plan:
     max_tokens = raw.get("max_output_tokens", 0)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
         raise ConfigError(f"catalog {where}.max_output_tokens must be an integer, 0 for no cap")
+    dunning = raw.get("dunning", "uncollectible")
+    if dunning not in ("suspend", "uncollectible"):
+        raise ConfigError(f"catalog {where}.dunning={dunning!r} must be suspend or uncollectible")
     if overage == "unlimited" and not unlimited:
         raise ConfigError(f"catalog {where}: overage = \"unlimited\" goes with unlimited_calls = true")
     tiers = raw.get("model_tiers")
@@ -138,7 +142,7 @@ def _plan(name: str, raw: dict[str, Any], currency: str = "USD") -> Plan:
         overage_minor_per_call=int(_decimal(f"{where}.overage_price_per_call",
                                             raw.get("overage_price_per_call", "0")) * MINOR_PER_UNIT),
         custom_quota=bool(raw.get("custom_quota", False)), support=str(raw.get("support", "")),
-        max_calls_per_request=max_calls, max_output_tokens=max_tokens,
+        max_calls_per_request=max_calls, max_output_tokens=max_tokens, dunning=dunning,
         prices_minor=_prices(f"{where}.prices", raw.get("prices", {}), raw.get("price", "0"), currency),
         overage_prices_minor=_prices(f"{where}.overage_prices_per_call", raw.get("overage_prices_per_call", {}),
                                      raw.get("overage_price_per_call", "0"), currency),

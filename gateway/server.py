@@ -13,10 +13,11 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -76,10 +77,11 @@ class GracefulServer(uvicorn.Server):
                 connection.shutdown()
 
 
-def serve(settings: Settings | None = None) -> int | None:
+def serve(settings: Settings | None = None, extra_routes: Sequence[BaseRoute] = ()) -> int | None:
     """Serves until SIGINT or SIGTERM; returns the signal that stopped it (None: stopped otherwise)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings or Settings.from_env()
-    server = GracefulServer(uvicorn_config(create_app(settings), settings), settings.shutdown_grace_s)
+    app = create_app(settings, extra_routes=extra_routes)
+    server = GracefulServer(uvicorn_config(app, settings), settings.shutdown_grace_s)
     server.run()
     return server.stop_signal

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from billing.accounts import AccountService
 from gateway.catalog import Catalog, load_catalog
@@ -112,6 +113,20 @@ def _runtime_file(path: Path, runtime: Runtime) -> Iterator[None]:
         remove_runtime(path, runtime.pid)
 
 
+def api_routes(env: dict[str, str]) -> list[Any]:
+    """The API role's routes (provider webhooks), served on the gateway's port in `make up`."""
+    from api.webhooks import Webhooks
+    from billing.store import Store, open_accounts
+    opened: list[Store] = []
+
+    def store() -> Store:
+        if not opened:
+            opened.append(open_accounts(env))
+        return opened[0]
+    from billing_worker.payments import providers
+    return Webhooks(store, paypal=providers(env).get("paypal")).routes()
+
+
 def run_stack() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     env = dict(os.environ)
@@ -144,5 +159,5 @@ def run_stack() -> None:
         with embedded_worker(worker_settings), _runtime_file(runtime_path(directory), runtime):
             sys.stdout.write(banner(url, seeded, catalog) + "\n")
             sys.stdout.flush()
-            serve(settings)
+            serve(settings, extra_routes=api_routes(env))
             log.info("gateway stopped; last drain, then the fake upstream and Redis stop")

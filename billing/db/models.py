@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -52,6 +52,9 @@ class Subscription(Base):
     overage_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     scheduled_plan: Mapped[str | None] = mapped_column(String(32))    # a downgrade or cancel at period end
     scheduled_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+    # unpaid invoice past its retries on a plan whose dunning consequence is "suspend": the gateway applies the
+    # free plan's limits until a payment succeeds (billing.dunning)
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     account: Mapped[Account] = relationship(back_populates="subscription")
 
@@ -345,3 +348,39 @@ class Refund(Base):
 
 __all__ += ["LIVE_PAYMENT_STATES", "PAYMENT_PROVIDERS", "PAYMENT_STATES", "CreditNote", "CreditNoteCounter",
             "Payment", "PaymentCustomer", "PaymentMethod", "Refund"]
+
+
+class ProviderEvent(Base):
+    """A payment provider's webhook event, recorded once (unique provider + event id) and applied by the worker.
+    States: received -> applied | ignored."""
+
+    __tablename__ = "provider_events"
+    __table_args__ = (UniqueConstraint("provider", "provider_event_id", name="uq_provider_events_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_event_id: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, object]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    applied_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+
+
+class Dunning(Base):
+    """An invoice whose payment failed: when the next retry is due, how many were made, and what happened.
+    States: retrying -> recovered (paid) | exhausted (the plan's consequence applied)."""
+
+    __tablename__ = "dunning"
+
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    failed_at: Mapped[datetime] = mapped_column(UTC_TIME)       # the first failed charge
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+    consequence: Mapped[str | None] = mapped_column(String(16))  # suspend | uncollectible, once exhausted
+    updated_at: Mapped[datetime] = mapped_column(UTC_TIME)
+
+
+__all__ += ["Dunning", "ProviderEvent"]

@@ -251,6 +251,25 @@ class PaymentService:
             self.invoicer.set_status(number, "paid", at=self.now(), actor=f"payments:{result_view['provider']}")
         return result_view
 
+    def apply_provider_update(self, provider: str, provider_payment_id: str, result: ChargeResult,
+                              idempotency_key: str | None = None, account_id: str | None = None) -> bool:
+        """A provider's word on a payment (a webhook): records the state of the payment with that provider id,
+        when it still moves (processing / requires_action -> succeeded | failed); False when there is no such
+        payment or it is settled already (a replayed or late event changes nothing)."""
+        with self.sessions() as session:
+            row = session.scalars(select(Payment).where(Payment.provider == provider,
+                                                        Payment.provider_payment_id == provider_payment_id)).first()
+            if row is None and idempotency_key and account_id:   # the attempt's outcome was never recorded (a crash)
+                row = session.scalars(select(Payment).where(
+                    Payment.provider == provider, Payment.idempotency_key == idempotency_key,
+                    Payment.account_id == account_id, Payment.provider_payment_id.is_(None))).first()
+            if row is None or row.state not in ("processing", "requires_action", "pending"):
+                return False
+            payment_id = row.id
+            number = session.scalars(select(Invoice.number).where(Invoice.id == row.invoice_id)).one()
+        self._record_result(number, payment_id, result)
+        return True
+
     def mark_paid_by_bank_transfer(self, number: str, reference: str, *, actor: str = "admin") -> dict[str, Any]:
         """An admin records the transfer that paid an open invoice (its bank reference) and the invoice is paid."""
         reference = check_reference(reference)

@@ -111,7 +111,8 @@ class StripeProvider:
         params: dict[str, Any] = {
             "amount": int(invoice["total_minor"]), "currency": str(invoice["currency"]).lower(),
             "customer": customer, "payment_method": payment_method, "confirm": True, "off_session": True,
-            "metadata": {"invoice": str(invoice["number"]), "account": str(invoice["account"])},
+            "metadata": {"invoice": str(invoice["number"]), "account": str(invoice["account"]),
+                         "attempt": idempotency_key},     # webhooks find the attempt even before its id is recorded
         }
         if self.settings.automatic_payment_methods:
             params["automatic_payment_methods"] = {"enabled": True, "allow_redirects": "never"}

@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,12 +22,11 @@ from billing.db.engine import make_engine, sessions
 from billing.db.models import Invoice, Payment
 from billing.errors import Conflict, InvalidInput
 from billing.invoicing import Invoicer, Seller
-from billing.payments.bank_transfer import BankTransferProvider
 from billing.payments.provider import PaymentDeclined
 from billing.payments.service import PaymentService
 from billing.payments.stripe_provider import StripeProvider, StripeSettings
 from billing.tax import load_tax_table
-from gateway.catalog import Catalog, load_catalog
+from gateway.catalog import load_catalog
 from gateway.errors import ConfigError
 from gateway.settings import ROOT
 from tests.quota.conftest import YEAR, PinnedClock
@@ -45,69 +38,6 @@ VISA = "4242424242424242"
 DECLINED = "4000000000000002"            # generic decline: localstripe (like Stripe) refuses it when attached
 CHARGE_FAILS = "4000000000000341"        # attaches, then every charge is declined (card_declined)
 NEEDS_3DS = "4000002500003155"           # attaches, the charge requires authentication
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real localstripe server on a free loopback port; yields its base URL."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("localstripe") / "localstripe.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"localstripe exited ({proc.returncode}): {log.read_text()[-2000:]}")
-            try:
-                request = urllib.request.Request(f"{url}/v1/customers", headers={"Authorization": f"Bearer {KEY}"})
-                with urllib.request.urlopen(request, timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"localstripe did not answer on {url}: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="session")
-def stripe_settings(localstripe: str) -> StripeSettings:
-    return StripeSettings.from_env({"STRIPE_SECRET_KEY": KEY, "AIHUB_STRIPE_API_BASE": localstripe})
-
-
-@pytest.fixture(scope="session")
-def stripe_client(stripe_settings: StripeSettings) -> stripe.StripeClient:
-    """The test's own client, to create card payment methods and to read what localstripe holds."""
-    return stripe.StripeClient(KEY, base_addresses={"api": stripe_settings.api_base})
-
-
-@pytest.fixture
-def invoicer(db: sessionmaker[Session], catalog: Catalog) -> Invoicer:
-    return Invoicer(db, catalog, load_tax_table(ROOT / "config" / "tax.toml"), SELLER, net_days=14)
-
-
-@pytest.fixture
-def payments(db: sessionmaker[Session], invoicer: Invoicer, service: AccountService,
-             stripe_settings: StripeSettings) -> PaymentService:
-    return PaymentService(db, invoicer, {"stripe": StripeProvider(stripe_settings),
-                                         "bank_transfer": BankTransferProvider()}, clock=service.clock)
 
 
 def card(client: stripe.StripeClient, number: str) -> str:

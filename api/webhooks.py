@@ -1,0 +1,101 @@
+"""Provider webhook endpoints: `POST /webhooks/stripe` and `POST /webhooks/paypal`.
+
+Each verifies the provider's signature first (Stripe: `Stripe-Signature`, HMAC-SHA256, 300 s tolerance, secret
+STRIPE_WEBHOOK_SECRET; PayPal: its verify-webhook-signature call with PAYPAL_WEBHOOK_ID), answers 400 and changes
+nothing when it fails, records the event once (billing.provider_events; a replay is acknowledged and ignored)
+and hands it to the worker (the `process_provider_event` actor). The answer does not wait for the processing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import stripe
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from billing.provider_events import record
+
+log = logging.getLogger("aihub.webhooks")
+MAX_BODY = 1024 * 1024
+
+
+def _error(status: int, message: str, code: str) -> Response:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                   "code": code}}, status_code=status)
+
+
+async def _body(request: Request) -> bytes | None:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return body
+
+
+class Webhooks:
+    """`store()` gives the system of record (billing.store.Store, opened once, lazily); `enqueue(event_id)` hands
+    an event to the worker (default: the Dramatiq actor)."""
+
+    def __init__(self, store: Callable[[], Any], enqueue: Callable[[int], None] | None = None,
+                 stripe_secret: str | None = None, paypal: Any = None) -> None:
+        self.store = store
+        self.enqueue = enqueue or _send_to_worker
+        self.stripe_secret = stripe_secret if stripe_secret is not None else os.environ.get("STRIPE_WEBHOOK_SECRET")
+        self.paypal = paypal
+
+    def routes(self) -> list[Route]:
+        return [Route("/webhooks/stripe", self.stripe, methods=["POST"]),
+                Route("/webhooks/paypal", self.paypal_endpoint, methods=["POST"])]
+
+    async def _accept(self, provider: str, event_id: str, event_type: str, payload: dict[str, Any]) -> Response:
+        store = self.store()
+        recorded = await asyncio.to_thread(record, store.accounts.sessions, provider, event_id, event_type, payload)
+        if recorded.event_id is not None:
+            try:
+                self.enqueue(recorded.event_id)
+            except Exception:       # the broker is away: the worker's sweep picks recorded events up
+                log.warning("could not enqueue %s event %s", provider, event_id, exc_info=True)
+        return JSONResponse({"received": True, "duplicate": recorded.duplicate})
+
+    async def stripe(self, request: Request) -> Response:
+        if not self.stripe_secret:
+            return _error(503, "Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET).", "not_configured")
+        body = await _body(request)
+        if body is None:
+            return _error(413, "Webhook body too large.", "request_too_large")
+        try:
+            event = stripe.Webhook.construct_event(body, request.headers.get("stripe-signature"), self.stripe_secret,
+                                                   tolerance=300)
+        except (stripe.SignatureVerificationError, ValueError) as exc:
+            return _error(400, f"Webhook signature verification failed: {type(exc).__name__}.", "bad_signature")
+        payload = orjson.loads(body)
+        return await self._accept("stripe", str(event["id"]), str(event["type"]), payload)
+
+    async def paypal_endpoint(self, request: Request) -> Response:
+        if self.paypal is None:
+            return _error(503, "PayPal webhooks are not configured.", "not_configured")
+        body = await _body(request)
+        if body is None:
+            return _error(413, "Webhook body too large.", "request_too_large")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, "The webhook body is not JSON.", "bad_body")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        verified = await asyncio.to_thread(self.paypal.verify_webhook, headers, body)
+        if not verified or not isinstance(payload, dict) or "id" not in payload:
+            return _error(400, "Webhook signature verification failed.", "bad_signature")
+        return await self._accept("paypal", str(payload["id"]), str(payload.get("event_type", "")), payload)
+
+
+def _send_to_worker(event_id: int) -> None:
+    from billing_worker.actors import process_provider_event
+    process_provider_event.send(event_id)

@@ -1,0 +1,186 @@
+"""Running the fake PayPal: in a daemon thread (tests), or in the foreground (`python -m fakes.paypal`)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import signal
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from fakes.paypal.app import Delivery, PayPalApp
+
+SHUTDOWN_TIMEOUT_S = 1.0
+DEFAULT_CLIENT_ID = "fake-paypal-client-id"
+DEFAULT_CLIENT_SECRET = "fake-paypal-client-secret"
+
+
+class FakePayPal:
+    """A fake PayPal REST API (OAuth2, Orders v2, Payments v2, Vault v3 payment tokens, webhooks).
+
+    `capture_on_create`: an order whose payment source is a vaulted instrument is captured by the create call
+    itself (PayPal's single-step order, status COMPLETED); False: it comes back APPROVED and needs
+    `POST /v2/checkout/orders/{id}/capture`."""
+
+    def __init__(self, client_id: str = DEFAULT_CLIENT_ID, client_secret: str = DEFAULT_CLIENT_SECRET, *,
+                 capture_on_create: bool = True, token_ttl_s: int = 32400) -> None:
+        self.app = PayPalApp(client_id=client_id, client_secret=client_secret,
+                             capture_on_create=capture_on_create, token_ttl_s=token_ttl_s)
+        self.url = ""
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    # -- credentials and test set-up ---------------------------------------------------------------------------
+    @property
+    def client_id(self) -> str:
+        return self.app.client_id
+
+    @property
+    def client_secret(self) -> str:
+        return self.app.client_secret
+
+    def add_payment_token(self, kind: str = "paypal", **options: Any) -> str:
+        """A vaulted instrument's id (`vault_id`). Options: customer_id, issue (e.g. "INSTRUMENT_DECLINED": every
+        charge against it is refused with that 422 issue), pending (captures stay PENDING), email, brand,
+        last_digits."""
+        return self.app.add_payment_token(kind, **options)
+
+    def add_webhook(self, url: str, event_types: tuple[str, ...] = ("*",)) -> str:
+        """Subscribes `url` to the event types ("*": all); returns the webhook id PayPal signs with."""
+        return self.app.add_webhook(url, event_types)
+
+    def expire_tokens(self) -> None:
+        """Every access token issued so far is no longer valid (the client must fetch a new one)."""
+        with self.app.lock:
+            self.app.access_tokens.clear()
+
+    def complete_pending(self, capture_id: str) -> dict[str, Any]:
+        return self.app.complete_pending(capture_id)
+
+    def send_event(self, event_type: str, resource_type: str, resource: dict[str, Any]) -> dict[str, Any]:
+        """Sends an event of any type to the subscribed webhooks; returns the event."""
+        return self.app.emit(event_type, resource_type, resource)
+
+    def sign_event(self, webhook_id: str, event: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        """The headers and body PayPal would send for `event` to `webhook_id`, without sending them."""
+        return self.app.sign(webhook_id, event)
+
+    # -- introspection -----------------------------------------------------------------------------------------
+    def orders(self) -> list[dict[str, Any]]:
+        """Every order, in PayPal's full representation, oldest first."""
+        with self.app.lock:
+            return [self.app._public_order(o, False) for o in self.app.orders.values()]
+
+    def captures(self) -> list[dict[str, Any]]:
+        with self.app.lock:
+            return [dict(c.body) for c in self.app.captures.values()]
+
+    def refunds(self) -> list[dict[str, Any]]:
+        with self.app.lock:
+            return [dict(r) for r in self.app.refunds.values()]
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request received: method, path, body (parsed JSON), headers (lower-cased names)."""
+        with self.app.lock:
+            return list(self.app.requests)
+
+    @property
+    def token_requests(self) -> int:
+        return self.app.token_requests
+
+    def deliveries(self) -> list[Delivery]:
+        with self.app.lock:
+            return list(self.app.deliveries)
+
+    def wait_for_deliveries(self, count: int, timeout: float = 5.0) -> list[Delivery]:
+        """Waits until `count` webhook deliveries have been answered (or failed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [d for d in self.deliveries() if d.status is not None or d.error is not None]
+            if len(done) >= count:
+                return done
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(done)} of {count} webhook deliveries done within {timeout}s")
+            time.sleep(0.01)
+
+    # -- serving -----------------------------------------------------------------------------------------------
+    async def serve(self, host: str, port: int, ready: concurrent.futures.Future[str] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self.app.build(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+            bound = runner.addresses[0]
+            url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            self.url = self.app.base_url = f"http://{url_host}:{bound[1]}"
+            if ready is not None:
+                ready.set_result(self.url)
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def start(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0) -> str:
+        """Serves from a daemon thread on a free loopback port (port 0); returns the base URL."""
+        if self._thread is not None:
+            raise RuntimeError("FakePayPal already started")
+        ready: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+        def target() -> None:
+            try:
+                asyncio.run(self.serve(host, port, ready))
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+
+        self._thread = threading.Thread(target=target, name=f"fake-paypal:{port}", daemon=True)
+        self._thread.start()
+        try:
+            return ready.result(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def request_stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the thread started by `start` (idempotent)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self.request_stop()
+        thread.join(timeout)
+
+    def run(self, host: str, port: int) -> None:
+        """Serves in the foreground until SIGINT/SIGTERM."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            ready: concurrent.futures.Future[str] = concurrent.futures.Future()
+            ready.add_done_callback(lambda f: print(f"fake PayPal listening on {f.result()}", flush=True))
+            await self.serve(host, port, ready)
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+
+    def __enter__(self) -> FakePayPal:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
