@@ -147,6 +147,8 @@ class MonthReport:
     period: str
     accounts: AccountCounts
     currencies: dict[str, CurrencyFigures]
+    payments: dict[str, Any] = field(default_factory=dict)   # attempts made in the month: count, succeeded,
+    #                                                           failed, success_rate_pct (card and PayPal charges)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -289,6 +291,19 @@ def revenue_report(sessions: sessionmaker[Session], catalog: Catalog, first: str
                 total_minor=row.get("total_minor", 0), tax_collected_minor=row.get("tax_collected_minor", 0),
                 by_status={state: by_state.get(state, {"invoices": 0, "total_minor": 0})
                            for state in (*INVOICE_STATES, *sorted(set(by_state) - set(INVOICE_STATES)))})
-        reports.append(MonthReport(period.name, history.counts(period), by_currency))
+        reports.append(MonthReport(period.name, history.counts(period), by_currency,
+                                   _payment_rates(sessions, period.start, period.end)))
         mrr_before = mrr
     return reports
+
+
+def _payment_rates(sessions: sessionmaker[Session], start: datetime, end: datetime) -> dict[str, Any]:
+    """Provider charges attempted in [start, end): how many succeeded (or were later refunded) and failed."""
+    from billing.db.models import Payment
+    with sessions() as session:
+        states = list(session.scalars(select(Payment.state).where(
+            Payment.created_at >= start, Payment.created_at < end, Payment.provider != "bank_transfer")))
+    succeeded = sum(s in ("succeeded", "partially_refunded", "refunded") for s in states)
+    failed = sum(s == "failed" for s in states)
+    return {"attempts": len(states), "succeeded": succeeded, "failed": failed,
+            "success_rate_pct": percent(succeeded, succeeded + failed)}

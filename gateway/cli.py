@@ -158,10 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     istatus = isub.add_parser("set-status", help="void an invoice, mark it uncollectible, or paid (bank transfer)")
     istatus.add_argument("number")
     istatus.add_argument("status", choices=["paid", "void", "uncollectible"])
+    ipay = isub.add_parser("pay", help="charge an open invoice now with the account's default payment method")
+    ipay.add_argument("number")
+    imark = isub.add_parser("mark-paid", help="record the bank transfer that paid an invoice")
+    imark.add_argument("number")
+    imark.add_argument("--reference", required=True, help="the transfer's bank reference")
+    irefund = isub.add_parser("refund", help="refund a paid invoice in full or in part (issues a credit note)")
+    irefund.add_argument("number")
+    irefund.add_argument("--amount-minor", type=_int_arg, required=True)
+    irefund.add_argument("--reason", default="")
     ipdf = isub.add_parser("pdf", help="render an invoice as PDF (the account's language)")
     ipdf.add_argument("number")
     ipdf.add_argument("-o", "--output", help="file to write (default: <number>.pdf)")
-    for p in (ilist, ishow, ipdf, istatus):
+    for p in (ilist, ishow, ipdf, istatus, ipay, imark, irefund):
         p.add_argument("--json", action="store_true", help="print JSON")
     iexport.add_argument("--json", action="store_true", help="same as --format json")
     report = sub.add_parser("report", help="reports: revenue by month, month-end forecast")
@@ -174,6 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     rforecast.add_argument("--at", help="forecast as of this UTC time (ISO; default: now)")
     for p in (rrevenue, rforecast):
         p.add_argument("--json", action="store_true", help="print JSON")
+    method = sub.add_parser("payment-method", help="an account's payment methods: add, bank-transfer, list")
+    msub = method.add_subparsers(dest="method_command", required=True, metavar="ACTION")
+    madd = msub.add_parser("add", help="attach a provider's payment method (e.g. pm_... from a SetupIntent)")
+    madd.add_argument("account")
+    madd.add_argument("method_id")
+    madd.add_argument("--provider", choices=["stripe", "paypal"], default="stripe")
+    mbank = msub.add_parser("bank-transfer", help="let the account pay its invoices by bank transfer")
+    mbank.add_argument("account")
+    mlist = msub.add_parser("list", help="the account's payment methods (brand and last 4 digits at most)")
+    mlist.add_argument("account")
+    for p in (madd, mbank, mlist):
+        p.add_argument("--json", action="store_true", help="print JSON")
+    phist = command("payments", "an account's payment history (attempts, states, refunds)")
+    phist.add_argument("account")
     audit = command("audit-log", "the newest admin actions")
     audit.add_argument("--account")
     audit.add_argument("--limit", type=_int_arg, default=50)
@@ -259,6 +282,17 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
     elif args.command == "report":
         from billing_worker.reports_cli import run_report
         emit(run_report(args, store, environ), out)
+    elif args.command in ("payment-method", "payments"):
+        from billing_worker.payments import services
+        payments, _ = services(store, environ)
+        if args.command == "payments":
+            emit(payments.history(args.account), out)
+        elif args.method_command == "add":
+            emit(payments.add_payment_method(args.account, args.method_id, provider=args.provider, actor="cli"), out)
+        elif args.method_command == "bank-transfer":
+            emit(payments.enable_bank_transfer(args.account, actor="cli"), out)
+        else:
+            emit(payments.payment_methods(args.account), out)
     elif args.command == "audit-log":
         emit(accounts.audit_log(args.account, args.limit), out)
     elif args.command in ("notifications", "set-webhook"):
@@ -321,6 +355,15 @@ def _invoice(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -
         emit(rows, args.json)
     elif args.invoice_command == "show":
         emit(invoicer.get(args.number), args.json)
+    elif args.invoice_command in ("pay", "mark-paid", "refund"):
+        from billing_worker.payments import services
+        payments, _ = services(store, environ)
+        if args.invoice_command == "pay":
+            emit(payments.charge_invoice(args.number), args.json)
+        elif args.invoice_command == "mark-paid":
+            emit(payments.mark_paid_by_bank_transfer(args.number, args.reference, actor="cli"), args.json)
+        else:
+            emit(payments.refund(args.number, args.amount_minor, reason=args.reason, actor="cli"), args.json)
     elif args.invoice_command == "set-status":
         emit(invoicer.set_status(args.number, args.status, actor="cli"), args.json)
     elif args.invoice_command == "export":

@@ -14,6 +14,8 @@ from datetime import datetime
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from billing.crypto import EncryptedString
+
 
 class Base(DeclarativeBase):
     pass
@@ -185,7 +187,7 @@ class NotificationSettings(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     # Plain text for now (shown once when set, never printed again); issue 10 encrypts it at rest.
-    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    webhook_secret: Mapped[str | None] = mapped_column(EncryptedString(128))       # encrypted at rest
     warning_levels: Mapped[list[int]] = mapped_column(JSON, default=lambda: [80, 100])
     updated_at: Mapped[datetime] = mapped_column(UTC_TIME)
 
@@ -252,7 +254,7 @@ class PaymentCustomer(Base):
 
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     provider: Mapped[str] = mapped_column(String(16), primary_key=True)
-    customer_id: Mapped[str] = mapped_column(String(255))
+    customer_id: Mapped[str] = mapped_column(EncryptedString(255))                 # encrypted at rest
     created_at: Mapped[datetime] = mapped_column(UTC_TIME)
 
 
@@ -266,7 +268,7 @@ class PaymentMethod(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     provider: Mapped[str] = mapped_column(String(16))                     # stripe | paypal | bank_transfer
-    provider_customer_id: Mapped[str | None] = mapped_column(String(255))
+    provider_customer_id: Mapped[str | None] = mapped_column(EncryptedString(255))  # encrypted at rest
     provider_method_id: Mapped[str | None] = mapped_column(String(255))  # pm_...; None for bank transfer
     brand: Mapped[str | None] = mapped_column(String(32))
     last4: Mapped[str | None] = mapped_column(String(4))

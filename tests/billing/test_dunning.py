@@ -77,6 +77,10 @@ def test_dunning_retries_suspends_and_restores(payments: PaymentService, service
     assert kinds(db, account)[-1] == f"payment_recovered:{number}"
     with db() as session:
         assert session.get(Dunning, session.scalars(select(Dunning.invoice_id)).one()).state == "recovered"
+    from billing.reports import revenue_report
+    from tests.quota.conftest import YEAR
+    [december] = revenue_report(db, catalog, f"{YEAR}-12", f"{YEAR}-12")
+    assert december.payments == {"attempts": 6, "succeeded": 1, "failed": 5, "success_rate_pct": "16.67"}
 
 
 def test_a_retry_that_succeeds_restores_nothing_it_did_not_take(payments: PaymentService, service: AccountService,

@@ -68,9 +68,11 @@ def intents_of(client: stripe.StripeClient, customer: str) -> list[Any]:
 
 
 def customer_of(db: sessionmaker[Session], account: str) -> str:
+    """The account's Stripe customer id (decrypted by the ORM; the column holds it encrypted)."""
+    from billing.db.models import PaymentCustomer
     with db() as session:
-        return str(session.execute(text("SELECT customer_id FROM payment_customers WHERE account_id = :a"),
-                                   {"a": account}).scalar_one())
+        return str(session.scalars(select(PaymentCustomer.customer_id).where(
+            PaymentCustomer.account_id == account, PaymentCustomer.provider == "stripe")).one())
 
 
 def raw_dump(db: sessionmaker[Session]) -> str:

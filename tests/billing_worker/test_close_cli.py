@@ -71,9 +71,20 @@ def test_close_period_issues_invoices_from_clickhouse_usage(
         err = capsys.readouterr().err
         assert "YYYY-MM" in err and "Traceback" not in err
     assert main(["invoice", "pdf", number, "-o", "/nonexistent-dir-aihub/x.pdf"]) == 2
-    assert main(["invoice", "set-status", number, "void", "--json"]) == 0
+    assert main(["payment-method", "bank-transfer", account, "--json"]) == 0
+    assert main(["invoice", "mark-paid", number, "--reference", "SEPA-123", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["invoice", "refund", number, "--amount-minor", "40", "--reason", "overage waived", "--json"]) == 0
+    refund = json.loads(capsys.readouterr().out)
+    assert json.dumps(refund).count("CN-") >= 1
+    assert main(["invoice", "refund", number, "--amount-minor", "99999"]) == 2            # more than was paid
+    assert "refund" in capsys.readouterr().err.lower()
+    assert main(["payments", account, "--json"]) == 0
+    [payment] = json.loads(capsys.readouterr().out)
+    assert (payment["provider"], payment["state"]) == ("bank_transfer", "partially_refunded")
+    assert main(["invoice", "set-status", number, "void"]) == 2                           # a paid invoice stays
     capsys.readouterr()
     assert main(["audit-log", "--json"]) == 0
     actions = [e["action"] for e in json.loads(capsys.readouterr().out)]
-    assert actions[0] == "invoice.status"
+    assert "invoice.status" in actions
     assert main(["invoice", "show", "AH-1999-000001"]) == 2
