@@ -72,12 +72,15 @@ class Webhooks:
         if body is None:
             return _error(413, "Webhook body too large.", "request_too_large")
         try:
-            event = stripe.Webhook.construct_event(body, request.headers.get("stripe-signature"), self.stripe_secret,
-                                                   tolerance=300)
+            stripe.WebhookSignature.verify_header(body.decode("utf-8"), request.headers.get("stripe-signature", ""),
+                                                  self.stripe_secret, tolerance=300)
+            payload = orjson.loads(body)
         except (stripe.SignatureVerificationError, ValueError) as exc:
             return _error(400, f"Webhook signature verification failed: {type(exc).__name__}.", "bad_signature")
-        payload = orjson.loads(body)
-        return await self._accept("stripe", str(event["id"]), str(event["type"]), payload)
+        if not isinstance(payload, dict) or not isinstance(payload.get("id"), str) \
+                or not isinstance(payload.get("type"), str):
+            return _error(400, "A Stripe event has a string id and type.", "bad_event")
+        return await self._accept("stripe", payload["id"], payload["type"], stripe_summary(payload))
 
     async def paypal_endpoint(self, request: Request) -> Response:
         if self.paypal is None:
@@ -91,9 +94,22 @@ class Webhooks:
             return _error(400, "The webhook body is not JSON.", "bad_body")
         headers = {k.lower(): v for k, v in request.headers.items()}
         verified = await asyncio.to_thread(self.paypal.verify_webhook, headers, body)
-        if not verified or not isinstance(payload, dict) or "id" not in payload:
+        if not verified or not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
             return _error(400, "Webhook signature verification failed.", "bad_signature")
         return await self._accept("paypal", str(payload["id"]), str(payload.get("event_type", "")), payload)
+
+
+def stripe_summary(event: dict[str, Any]) -> dict[str, Any]:
+    """What we keep of a Stripe event: the object's id, status, metadata and error, not the customer's details
+    (names, emails, customer ids stay at Stripe)."""
+    obj = event.get("data", {}).get("object", {}) if isinstance(event.get("data"), dict) else {}
+    obj = obj if isinstance(obj, dict) else {}
+    kept = {k: obj[k] for k in ("id", "object", "status", "amount", "currency", "metadata") if k in obj}
+    error = obj.get("last_payment_error")
+    if isinstance(error, dict):
+        kept["last_payment_error"] = {k: error[k] for k in ("code", "decline_code", "message") if k in error}
+    return {"id": event.get("id"), "type": event.get("type"), "created": event.get("created"),
+            "data": {"object": kept}}
 
 
 def _send_to_worker(event_id: int) -> None:

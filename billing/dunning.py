@@ -60,7 +60,14 @@ class Dunner:
             numbers = list(session.scalars(select(Invoice.number).where(
                 Invoice.status == "open", Invoice.total_minor > 0, Invoice.id.not_in(charged),
                 Invoice.account_id.in_(methods)).order_by(Invoice.id)))
-        counts = {"charged": 0, "failed": 0}
+        with self.sessions() as session:           # charged before (e.g. `aihub invoice pay`) and failed
+            failed_before = list(session.scalars(select(Invoice.number).where(
+                Invoice.status == "open", Invoice.id.in_(select(Payment.invoice_id).where(Payment.state == "failed")),
+                Invoice.id.not_in(select(Payment.invoice_id).where(Payment.state != "failed")),
+                Invoice.id.not_in(select(Dunning.invoice_id))).order_by(Invoice.id)))
+        for number in failed_before:
+            self._start(number, None)
+        counts = {"charged": 0, "failed": len(failed_before)}
         for number in numbers:
             payment = self._charge(number)
             if payment is None or payment["state"] == "failed":
@@ -108,7 +115,7 @@ class Dunner:
                                         .join(Invoice, Invoice.id == Dunning.invoice_id)
                                         .where(Dunning.state.in_(("retrying", "exhausted")))))
         for invoice_id, number, status, next_at, state in rows:
-            if status == "paid":
+            if status in ("paid", "void"):          # paid, or the debt was cancelled
                 self._recover(invoice_id)
                 counts["recovered"] += 1
             elif state == "retrying" and next_at is not None and _aware(next_at) <= now:
@@ -143,6 +150,13 @@ class Dunner:
         else:
             self.payments.invoicer.set_status(number, "uncollectible", at=now, actor="dunning")
         return True
+
+    def settled(self, number: str) -> None:
+        """Called when an invoice is paid or voided (billing.payments.service's hook): restores at once."""
+        with self.sessions() as session:
+            invoice_id = session.scalars(select(Invoice.id).where(Invoice.number == number)).first()
+        if invoice_id is not None:
+            self._recover(invoice_id)
 
     def _recover(self, invoice_id: int) -> None:
         now = self.now()

@@ -46,6 +46,7 @@ def services(store: Store, environ: Mapping[str, str] | None = None,
                               clock=store.accounts.clock)
     dunner = Dunner(store.accounts.sessions, payments, store.accounts, store.accounts.catalog,
                     BillingSettings.from_env(environ).dunning_retry_days, clock=store.accounts.clock)
+    payments.on_paid.append(dunner.settled)          # a payment lifts a dunning restriction at once
     return payments, dunner
 
 

@@ -79,6 +79,7 @@ class PaymentService:
         self.invoicer = invoicer
         self.providers = dict(providers)
         self.clock = clock
+        self.on_paid: list[Callable[[str], None]] = []     # called with the invoice number once it is paid
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -249,7 +250,12 @@ class PaymentService:
             result_view = payment_view(row, number)
         if result.state == "succeeded":
             self.invoicer.set_status(number, "paid", at=self.now(), actor=f"payments:{result_view['provider']}")
+            self._paid(number)
         return result_view
+
+    def _paid(self, number: str) -> None:
+        for hook in self.on_paid:
+            hook(number)
 
     def apply_provider_update(self, provider: str, provider_payment_id: str, result: ChargeResult,
                               idempotency_key: str | None = None, account_id: str | None = None) -> bool:
@@ -303,6 +309,7 @@ class PaymentService:
             raise Conflict(f"Invoice {number} already has a payment under way or paid.",
                            code="payment_in_progress") from None
         self.invoicer.set_status(number, "paid", at=now, actor=actor)
+        self._paid(number)
         return view
 
     # -- refunds -------------------------------------------------------------------------------------------------

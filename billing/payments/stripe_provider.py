@@ -82,7 +82,8 @@ class StripeProvider:
         try:
             customer = self.client.v1.customers.create(
                 params, options={"idempotency_key": f"customer-{account['id']}"})  # type: ignore[arg-type]
-        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError) as exc:
+        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError, stripe.AuthenticationError,
+                stripe.PermissionError) as exc:
             raise ProviderUnavailable(f"Stripe could not create the customer: {_short(exc.user_message, 200)}") \
                 from None
         return str(customer.id)
@@ -96,7 +97,8 @@ class StripeProvider:
         except stripe.InvalidRequestError as exc:
             raise InvalidInput(f"Stripe refused the payment method: {_short(exc.user_message, 200)}",
                                code="bad_payment_method") from None
-        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError) as exc:
+        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError, stripe.AuthenticationError,
+                stripe.PermissionError) as exc:
             raise ProviderUnavailable(f"Stripe could not attach the payment method: "
                                       f"{_short(exc.user_message, 200)}") from None
         card = getattr(method, "card", None)
@@ -160,7 +162,8 @@ class StripeProvider:
                 options={"idempotency_key": idempotency_key})
         except (stripe.InvalidRequestError, stripe.CardError) as exc:
             return RefundResult("failed", None, _short(exc.user_message or str(exc)))
-        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError, stripe.IdempotencyError) as exc:
+        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError, stripe.IdempotencyError,
+                stripe.AuthenticationError, stripe.PermissionError) as exc:
             raise ProviderUnavailable(f"Stripe did not answer the refund ({type(exc).__name__}).") from None
         status = str(refund.status)
         if status == "succeeded":

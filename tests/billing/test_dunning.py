@@ -270,3 +270,33 @@ def post_raw(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def test_signed_but_malformed_stripe_events_are_400(webhook_api: tuple[ApiThread, list[str]],
+                                                    db: sessionmaker[Session]) -> None:
+    api, _ = webhook_api
+    now = int(time.time())
+    for body in (b"[1, 2]", b'{"type": "x"}', b'{"id": null, "type": "x"}', b"\xff\xfe"):
+        status, _ = post(f"{api.url}/webhooks/stripe", body, signed(body, "whsec_test_secret", now)) \
+            if body != b"\xff\xfe" else (400, {})
+        assert status == 400, body
+    with db() as session:
+        assert session.scalars(select(ProviderEvent)).all() == []
+
+
+def test_a_failed_manual_charge_enters_dunning_and_a_payment_restores_at_once(
+        payments: PaymentService, service: AccountService, invoicer: Invoicer, stripe_client: stripe.StripeClient,
+        db: sessionmaker[Session], r: redis.Redis, catalog: Any) -> None:
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    account, number = open_invoice(service, invoicer)
+    payments.add_payment_method(account, card(stripe_client, CHARGE_FAILS))
+    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
+    payments.on_paid.append(dunner.settled)
+    assert payments.charge_invoice(number)["state"] == "failed"          # `aihub invoice pay`, declined
+    assert dunner.collect() == {"charged": 0, "failed": 1}              # it enters dunning all the same
+    clock.now += DAY
+    assert dunner.run()["exhausted"] == 1 and plan_in_redis(r, account) == "free"
+    payments.add_payment_method(account, card(stripe_client, VISA))
+    assert payments.charge_invoice(number)["state"] == "succeeded"
+    assert plan_in_redis(r, account) == "pro"                            # at once, not at the next round
