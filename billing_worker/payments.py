@@ -52,7 +52,8 @@ def services(store: Store, environ: Mapping[str, str] | None = None,
 
 def payments_round(store: Store, payments: PaymentService, dunner: Dunner) -> dict[str, Any]:
     applied = [apply(store.accounts.sessions, event_id, payments) for event_id in pending(store.accounts.sessions)]
-    return {"events": len(applied), "collected": dunner.collect(), "dunning": dunner.run()}
+    return {"events": len(applied), "reconciled": payments.reconcile(), "collected": dunner.collect(),
+            "dunning": dunner.run()}
 
 
 class PaymentsScheduler(StoreThread):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -256,6 +256,36 @@ class PaymentService:
     def _paid(self, number: str) -> None:
         for hook in self.on_paid:
             hook(number)
+
+    def reconcile(self, older_than_s: float = 600.0) -> dict[str, int]:
+        """Attempts left `processing` (the provider's answer was lost: unreachable, a crash) are settled by asking
+        the provider for the attempt by its key; one it never received is recorded as failed (`not_received`), so
+        collection and dunning go on. Providers without `find_attempt` are left to their webhooks."""
+        cutoff = self.now() - timedelta(seconds=older_than_s)
+        with self.sessions() as session:
+            stuck = [(p.id, p.account_id, p.provider, p.idempotency_key, number) for p, number in session.execute(
+                select(Payment, Invoice.number).join(Invoice, Invoice.id == Payment.invoice_id).where(
+                    Payment.state == "processing", Payment.updated_at < cutoff))]
+        counts = {"settled": 0, "not_received": 0, "unreachable": 0}
+        for payment_id, account_id, provider_name, key, number in stuck:
+            provider = self.providers.get(provider_name)
+            finder = getattr(provider, "find_attempt", None)
+            if finder is None:
+                continue
+            try:
+                result = finder(self._customer(account_id, provider_name), key)
+            except ProviderUnavailable:
+                counts["unreachable"] += 1
+                continue
+            if result is None:
+                result = ChargeResult("failed", None, "not_received", "the provider never received this charge")
+                counts["not_received"] += 1
+            elif result.state == "processing":
+                continue
+            else:
+                counts["settled"] += 1
+            self._record_result(number, payment_id, result)
+        return counts
 
     def apply_provider_update(self, provider: str, provider_payment_id: str, result: ChargeResult,
                               idempotency_key: str | None = None, account_id: str | None = None) -> bool:

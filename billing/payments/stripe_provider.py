@@ -107,6 +107,33 @@ class StripeProvider:
         return MethodDetails(str(method.id), None if brand is None else str(brand),
                              None if last4 is None else str(last4))
 
+    def find_attempt(self, customer: str, idempotency_key: str) -> ChargeResult | None:
+        """What Stripe holds for one of our attempts (its PaymentIntent carries the key in `metadata.attempt`);
+        None when Stripe never received it. ProviderUnavailable when Stripe cannot be asked."""
+        states: dict[str, ChargeState] = {"succeeded": "succeeded", "processing": "processing",
+                                          "requires_action": "requires_action", "requires_confirmation": "processing",
+                                          "requires_payment_method": "failed", "canceled": "failed"}
+        try:
+            try:
+                intents = self.client.v1.payment_intents.list({"customer": customer, "limit": 100})
+            except stripe.InvalidRequestError:        # a server without the customer filter (localstripe)
+                intents = self.client.v1.payment_intents.list({"limit": 100})
+            for intent in intents.auto_paging_iter():
+                metadata: Any = getattr(intent, "metadata", None)
+                attempt = metadata.to_dict().get("attempt") if metadata is not None else None
+                if intent.customer != customer or attempt != idempotency_key:
+                    continue       # localstripe ignores list filters: checked here
+                error = getattr(intent, "last_payment_error", None)
+                code = getattr(error, "decline_code", None) or getattr(error, "code", None) if error else None
+                return ChargeResult(states.get(str(intent.status), "processing"), str(intent.id),
+                                    None if code is None else str(code),
+                                    None if error is None else getattr(error, "message", None))
+        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError, stripe.AuthenticationError,
+                stripe.PermissionError) as exc:
+            raise ProviderUnavailable(f"Stripe could not be asked about an attempt: "
+                                      f"{_short(exc.user_message, 200)}") from None
+        return None
+
     # -- charges -------------------------------------------------------------------------------------------------
     def charge(self, invoice: Mapping[str, Any], customer: str, payment_method: str,
                idempotency_key: str) -> ChargeResult:

@@ -300,3 +300,28 @@ def test_a_failed_manual_charge_enters_dunning_and_a_payment_restores_at_once(
     payments.add_payment_method(account, card(stripe_client, VISA))
     assert payments.charge_invoice(number)["state"] == "succeeded"
     assert plan_in_redis(r, account) == "pro"                            # at once, not at the next round
+
+
+def test_an_attempt_whose_answer_was_lost_is_settled_by_asking_stripe(
+        payments: PaymentService, service: AccountService, invoicer: Invoicer, stripe_client: stripe.StripeClient,
+        db: sessionmaker[Session], catalog: Any) -> None:
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    charged, charged_number = open_invoice(service, invoicer)
+    payments.add_payment_method(charged, card(stripe_client, VISA))
+    prepared = payments._start_attempt(charged_number)      # Stripe charged it, the answer never came back
+    assert not isinstance(prepared, dict)
+    attempt, provider, view, customer, method = prepared
+    provider.charge(view, customer, method, attempt.idempotency_key)
+    lost, lost_number = open_invoice(service, invoicer)
+    payments.add_payment_method(lost, card(stripe_client, VISA))
+    assert not isinstance(payments._start_attempt(lost_number), dict)   # Stripe never received this one
+    assert payments.reconcile() == {"settled": 0, "not_received": 0, "unreachable": 0}   # too recent to judge
+    clock.now += 11 * 60
+    assert payments.reconcile() == {"settled": 1, "not_received": 1, "unreachable": 0}
+    assert invoicer.get(charged_number)["status"] == "paid"
+    assert payments.attempts(lost_number)[-1]["failure_code"] == "not_received"
+    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
+    assert dunner.collect()["failed"] == 1                           # collection goes on through dunning
+    clock.now += DAY
+    assert dunner.run()["recovered"] == 1 and invoicer.get(lost_number)["status"] == "paid"
