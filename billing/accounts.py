@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing.db.models import Account, ApiKey, AuditEntry, Boost, PlanChange, Subscription
 from billing.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from billing.projection import Projector, load_account
+from billing.times import iso
 from gateway.catalog import Catalog
 from gateway.keys import ID_RE, hash_api_key, new_api_key, new_id
 
@@ -55,31 +56,23 @@ def next_period_start(moment: datetime) -> datetime:
     return datetime(year, month, 1, tzinfo=UTC)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:          # SQLite returns naive datetimes; they were stored as UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def account_view(account: Account) -> dict[str, Any]:
     sub = account.subscription
     return {"id": account.id, "name": account.name, "billing_email": account.billing_email,
             "country": account.country, "region": account.region, "tax_id": account.tax_id,
             "currency": account.currency, "language": account.language, "status": account.status,
-            "created_at": _iso(account.created_at), "version": account.version,
-            "subscription": {"plan": sub.plan, "since": _iso(sub.since), "custom_quota": sub.custom_quota,
+            "created_at": iso(account.created_at), "version": account.version,
+            "subscription": {"plan": sub.plan, "since": iso(sub.since), "custom_quota": sub.custom_quota,
                              "overage_enabled": sub.overage_enabled, "restricted": sub.restricted,
                              "scheduled_plan": sub.scheduled_plan,
-                             "scheduled_at": _iso(sub.scheduled_at)},
-            "boosts": [{"id": b.id, "calls": b.calls, "until": _iso(b.until), "price_minor": b.price_minor,
+                             "scheduled_at": iso(sub.scheduled_at)},
+            "boosts": [{"id": b.id, "calls": b.calls, "until": iso(b.until), "price_minor": b.price_minor,
                         "currency": b.currency} for b in account.boosts]}
 
 
 def key_view(key: ApiKey) -> dict[str, Any]:
-    return {"id": key.id, "name": key.name, "created_at": _iso(key.created_at),
-            "last_used_at": _iso(key.last_used_at), "revoked_at": _iso(key.revoked_at),
+    return {"id": key.id, "name": key.name, "created_at": iso(key.created_at),
+            "last_used_at": iso(key.last_used_at), "revoked_at": iso(key.revoked_at),
             "status": "revoked" if key.revoked_at else "active"}
 
 
@@ -232,7 +225,7 @@ class AccountService:
             else:
                 self._change_plan(session, sub, plan, self.now(), actor)
             self._audit(session, actor, "subscription.plan", account.id, before=before, requested=plan,
-                        scheduled_for=_iso(sub.scheduled_at))
+                        scheduled_for=iso(sub.scheduled_at))
         return self._project(account_id)
 
     @staticmethod
@@ -401,7 +394,7 @@ class AccountService:
                               until=datetime.fromtimestamp(until_s, UTC), price_minor=price_minor,
                               currency=account.currency if price_minor is not None else None, created_at=self.now()))
             self._audit(session, actor, "boost.add", account_id, boost_id=boost_id, calls=calls,
-                        until=_iso(datetime.fromtimestamp(until_s, UTC)), price_minor=price_minor)
+                        until=iso(datetime.fromtimestamp(until_s, UTC)), price_minor=price_minor)
         return boost_id, self._project(account_id)
 
     def audit_log(self, account_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -413,7 +406,7 @@ class AccountService:
             query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
             if account_id is not None:
                 query = query.where(AuditEntry.account_id == account_id)
-            return [{"at": _iso(e.at), "actor": e.actor, "action": e.action, "account": e.account_id,
+            return [{"at": iso(e.at), "actor": e.actor, "action": e.action, "account": e.account_id,
                      "details": e.details} for e in session.scalars(query)]
 
     # -- notification settings (billing.notifications) -----------------------------------------------------

@@ -27,13 +27,10 @@ from billing.db.models import Dunning, Invoice, Payment, PaymentMethod, Subscrip
 from billing.errors import BillingError
 from billing.notifications import record
 from billing.payments.service import PaymentService
+from billing.times import aware
 from gateway.catalog import Catalog
 
 DEFAULT_RETRY_DAYS = (1, 3, 5, 7)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Dunner:
@@ -118,7 +115,7 @@ class Dunner:
             if status in ("paid", "void"):          # paid, or the debt was cancelled
                 self._recover(invoice_id)
                 counts["recovered"] += 1
-            elif state == "retrying" and next_at is not None and _aware(next_at) <= now:
+            elif state == "retrying" and next_at is not None and aware(next_at) <= now:
                 payment = self._charge(number)
                 if payment is not None and payment["state"] == "succeeded":
                     self._recover(invoice_id)
@@ -137,7 +134,7 @@ class Dunner:
             row.retries += 1
             row.updated_at = now
             last = row.retries >= len(self.retry_days)
-            row.next_retry_at = None if last else _aware(row.failed_at) + timedelta(days=self.retry_days[row.retries])
+            row.next_retry_at = None if last else aware(row.failed_at) + timedelta(days=self.retry_days[row.retries])
             self._notify_failure(session, invoice, payment, row.retries, row.next_retry_at)
             if not last:
                 return False

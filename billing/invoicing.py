@@ -34,6 +34,7 @@ from billing.pricing import (
     subscription_lines,
 )
 from billing.tax import TaxTable
+from billing.times import iso
 from gateway.catalog import Catalog
 
 STATES = ("draft", "open", "paid", "void", "uncollectible")
@@ -66,10 +67,6 @@ def parse_period(name: str) -> Period:
         raise InvalidInput(f"A period is a month written YYYY-MM between 2000-01 and 2099-12, not {name[:20]!r}.",
                            code="bad_period")
     return Period(name)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Invoicer:
@@ -280,8 +277,6 @@ class Invoicer:
 
     def view(self, invoice: Invoice) -> dict[str, Any]:
         """The invoice as the API, the exports and the PDF template see it (money in minor units)."""
-        def iso(moment: datetime | None) -> str | None:
-            return None if moment is None else _aware(moment).isoformat().replace("+00:00", "Z")
         return {"number": invoice.number, "account": invoice.account_id, "period": invoice.period,
                 "status": invoice.status, "currency": invoice.currency, "language": invoice.language,
                 "issued_at": iso(invoice.issued_at), "due_at": iso(invoice.due_at), "paid_at": iso(invoice.paid_at),

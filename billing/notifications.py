@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from billing.db.models import Account, Delivery, Invoice, Notification, NotificationSettings
 from billing.errors import InvalidInput
 from billing.notifications_settings import SmtpSettings
+from billing.times import aware, iso
 
 KINDS = ("quota_80", "quota_100", "invoice_issued", "invoice_due_soon", "invoice_overdue", "usage_anomaly",
          "payment_failed", "payment_recovered")
@@ -62,14 +63,6 @@ USER_AGENT = "AIHub-Webhooks/1"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else _aware(moment).isoformat().replace("+00:00", "Z")
 
 
 # -- recording -------------------------------------------------------------------------------------------------
@@ -126,7 +119,7 @@ def record_quota_warning(session: Session, account_id: str, period: str, level: 
     turned that level off."""
     if level not in (80, 100) or level not in warning_levels(session, account_id):
         return None
-    payload = {"period": period, "level": level, "used": used, "limit": limit, "at": _iso(
+    payload = {"period": period, "level": level, "used": used, "limit": limit, "at": iso(
         datetime.fromtimestamp(ts_ms / 1000, UTC))}
     return record(session, account_id, f"quota_{level}", f"quota_{level}:{period}", payload, now)
 
@@ -134,7 +127,7 @@ def record_quota_warning(session: Session, account_id: str, period: str, level: 
 def _invoice_payload(invoice: Invoice) -> dict[str, Any]:
     return {"number": invoice.number, "period": invoice.period, "status": invoice.status,
             "currency": invoice.currency, "total_minor": invoice.total_minor,
-            "issued_at": _iso(invoice.issued_at), "due_at": _iso(invoice.due_at)}
+            "issued_at": iso(invoice.issued_at), "due_at": iso(invoice.due_at)}
 
 
 def _not_recorded(kind: str) -> Any:
@@ -254,7 +247,7 @@ def render_email(kind: str, payload: Mapping[str, Any], language: str, account_n
 def webhook_body(notification: Notification) -> bytes:
     """The webhook's JSON body: id, type (the kind), account, dedup_key, created_at, data (the payload)."""
     return orjson.dumps({"id": notification.id, "type": notification.kind, "account": notification.account_id,
-                         "dedup_key": notification.dedup_key, "created_at": _iso(notification.created_at),
+                         "dedup_key": notification.dedup_key, "created_at": iso(notification.created_at),
                          "data": dict(notification.payload)}, option=orjson.OPT_SORT_KEYS)
 
 
@@ -423,7 +416,7 @@ def deliver_due(sessions: sessionmaker[Session], smtp_settings: SmtpSettings | N
                 now: datetime | None = None, limit: int = 200) -> DeliveryReport:
     """Sends the deliveries that are due at `now` (pending, failed whose backoff has passed, or a `sending` lease
     that ran out); records each outcome. Email waits while `smtp_settings` is None."""
-    now = _aware(now or utcnow())
+    now = aware(now or utcnow())
     http = http_client or UrllibPoster()
     report = DeliveryReport()
     for job in _claim(sessions, now, limit, email=smtp_settings is not None):
@@ -473,9 +466,9 @@ def history(sessions: sessionmaker[Session], account_id: str, limit: int = 100) 
         query = (select(Notification).where(Notification.account_id == account_id)
                  .options(selectinload(Notification.deliveries))
                  .order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit))
-        return [{"id": n.id, "kind": n.kind, "dedup_key": n.dedup_key, "created_at": _iso(n.created_at),
+        return [{"id": n.id, "kind": n.kind, "dedup_key": n.dedup_key, "created_at": iso(n.created_at),
                  "payload": n.payload,
                  "deliveries": [{"channel": d.channel, "state": d.state, "attempts": d.attempts, "target": d.target,
-                                 "last_error": d.last_error, "next_attempt_at": _iso(d.next_attempt_at),
-                                 "delivered_at": _iso(d.delivered_at)} for d in n.deliveries]}
+                                 "last_error": d.last_error, "next_attempt_at": iso(d.next_attempt_at),
+                                 "delivered_at": iso(d.delivered_at)} for d in n.deliveries]}
                 for n in session.scalars(query)]

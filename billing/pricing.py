@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from billing.times import aware
 from gateway.catalog import Catalog
 
 NANOS_PER_MINOR = 10**7        # list costs are nano-units of the currency; minor units are 1/100
@@ -103,15 +104,11 @@ class AccountUsage:
                              for m in sorted(self.by_model.values(), key=lambda m: m.model)]}
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def plan_days(period: Period, created_at: datetime, changes: Sequence[PlanChangeAt]) -> dict[str, int]:
     """{plan: days billed on it} in order of first use. `changes` holds every plan change of the account, the
     creation included, in time order."""
-    ordered = sorted(changes, key=lambda c: _aware(c.at))
-    created_at = _aware(created_at)
+    ordered = sorted(changes, key=lambda c: aware(c.at))
+    created_at = aware(created_at)
     days: dict[str, int] = {}
     for day in range(period.days):
         day_end = period.start + timedelta(days=day + 1)
@@ -119,7 +116,7 @@ def plan_days(period: Period, created_at: datetime, changes: Sequence[PlanChange
             continue
         plan = None
         for change in ordered:
-            if _aware(change.at) < day_end:
+            if aware(change.at) < day_end:
                 plan = change.to_plan
         if plan is not None:
             days[plan] = days.get(plan, 0) + 1
@@ -158,5 +155,5 @@ class SoldBoost:
 
 
 def boost_lines(boosts: Iterable[SoldBoost]) -> list[Line]:
-    return [Line("boost", f"Boost: {b.calls} extra calls until {_aware(b.until).date().isoformat()}", "1",
+    return [Line("boost", f"Boost: {b.calls} extra calls until {aware(b.until).date().isoformat()}", "1",
                  b.price_minor, b.price_minor) for b in boosts]

@@ -35,7 +35,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -46,6 +46,7 @@ from billing.db.models import Account, AuditEntry, Invoice, InvoiceLine, PlanCha
 from billing.errors import InvalidInput
 from billing.invoicing import parse_period
 from billing.pricing import Period
+from billing.times import aware
 from gateway.catalog import Catalog
 
 MAX_MONTHS = 240
@@ -79,10 +80,6 @@ def months(first: str, last: str) -> list[Period]:
 def previous(period: Period) -> Period:
     year, month = (period.year - 1, 12) if period.month == 1 else (period.year, period.month - 1)
     return Period(f"{year:04d}-{month:02d}")
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -160,19 +157,19 @@ class _History:
         self.accounts: dict[str, _Timeline] = {}
         for account_id, created_at, currency in session.execute(
                 select(Account.id, Account.created_at, Account.currency).where(Account.created_at < until)):
-            self.accounts[account_id] = _Timeline(_aware(created_at), currency)
+            self.accounts[account_id] = _Timeline(aware(created_at), currency)
         moves: dict[str, list[tuple[datetime, int, str | None, str]]] = {}
         for account_id, change_id, at, from_plan, to_plan in session.execute(
                 select(PlanChange.account_id, PlanChange.id, PlanChange.at, PlanChange.from_plan, PlanChange.to_plan)
                 .where(PlanChange.at < until)):
-            moves.setdefault(account_id, []).append((_aware(at), change_id, from_plan, to_plan))
+            moves.setdefault(account_id, []).append((aware(at), change_id, from_plan, to_plan))
         big = 2**62
         for account_id, plan, scheduled, scheduled_at in session.execute(
                 select(Subscription.account_id, Subscription.plan, Subscription.scheduled_plan,
                        Subscription.scheduled_at).where(Subscription.scheduled_plan.is_not(None),
                                                         Subscription.scheduled_at < until)):
             if scheduled is not None and scheduled_at is not None:     # due, not applied yet
-                moves.setdefault(account_id, []).append((_aware(scheduled_at), big, plan, scheduled))
+                moves.setdefault(account_id, []).append((aware(scheduled_at), big, plan, scheduled))
         for account_id, steps in moves.items():
             timeline = self.accounts.get(account_id)
             if timeline is None:
@@ -186,7 +183,7 @@ class _History:
                 .order_by(AuditEntry.at, AuditEntry.id)):
             timeline = self.accounts.get(audited or "")
             if timeline is not None and isinstance(details, dict):
-                timeline.statuses.append((_aware(at), str(details.get("after", "active"))))
+                timeline.statuses.append((aware(at), str(details.get("after", "active"))))
 
     def price(self, plan: str | None, currency: str) -> int:
         found = self.catalog.plans.get(plan or "")

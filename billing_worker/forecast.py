@@ -33,6 +33,7 @@ from billing.db.models import Account, Boost
 from billing.errors import NotFound
 from billing.invoicing import Invoicer
 from billing.pricing import AccountUsage, Line, Period, nanos_to_minor
+from billing.times import aware
 from billing_worker.clickhouse import ClickHouse
 from billing_worker.usage_queries import FINAL_SETTINGS
 
@@ -47,16 +48,12 @@ GROUP BY acct, plan {FINAL_SETTINGS}
 """
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _half_up(value: Decimal) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def current_period(now: datetime) -> Period:
-    now = _aware(now).astimezone(UTC)
+    now = aware(now).astimezone(UTC)
     return Period(f"{now.year:04d}-{now.month:02d}")
 
 
@@ -69,7 +66,7 @@ class SoFar:
 
 def usage_so_far(ch: ClickHouse, period: Period, now: datetime, acct: str | None = None) -> dict[str, SoFar]:
     """Calls, list cost and settled overage by plan per account: the period's rows started before `now`."""
-    params: dict[str, Any] = {"period": period.name, "now_ms": int(_aware(now).timestamp() * 1000)}
+    params: dict[str, Any] = {"period": period.name, "now_ms": int(aware(now).timestamp() * 1000)}
     sql = SQL.replace("{acct_filter}", " AND acct = {acct:String}" if acct is not None else "")
     if acct is not None:
         params["acct"] = acct
@@ -143,13 +140,13 @@ class Forecast:
 
 def _boost_calls(boosts: Sequence[Boost], period: Period) -> int:
     return sum(b.calls for b in boosts
-               if _aware(b.created_at) < period.end and _aware(b.until) > period.start)
+               if aware(b.created_at) < period.end and aware(b.until) > period.start)
 
 
 def forecast(invoicer: Invoicer, ch: ClickHouse, now: datetime, account: str | None = None) -> Forecast:
     """The month-end forecast of the period containing `now` (UTC); `account` restricts it to one account
     (NotFound if it does not exist)."""
-    now = _aware(now).astimezone(UTC)
+    now = aware(now).astimezone(UTC)
     period = current_period(now)
     catalog = invoicer.catalog
     with invoicer.sessions() as session:
@@ -189,7 +186,7 @@ def _account_forecast(invoicer: Invoicer, account: Account, period: Period, now:
     catalog = invoicer.catalog
     sub = account.subscription
     plan = catalog.plans[sub.plan]
-    begin = max(period.start, _aware(account.created_at))
+    begin = max(period.start, aware(account.created_at))
     elapsed = Decimal((now - begin).total_seconds()) / DAY
     active = Decimal((period.end - begin).total_seconds()) / DAY
     if elapsed > 0:

@@ -43,18 +43,11 @@ from billing.errors import Conflict, InvalidInput, NotFound
 from billing.invoicing import Invoicer
 from billing.payments.bank_transfer import check_reference
 from billing.payments.provider import ChargeResult, PaymentProvider, ProviderUnavailable
+from billing.times import iso
 
 PAYABLE = ("open", "uncollectible")
 REFUNDABLE = ("succeeded", "partially_refunded")
 MAX_REASON = 300
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:          # SQLite returns naive datetimes; they were stored as UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def payment_view(payment: Payment, number: str) -> dict[str, Any]:
@@ -63,13 +56,13 @@ def payment_view(payment: Payment, number: str) -> dict[str, Any]:
             "refunded_minor": payment.refunded_minor, "currency": payment.currency, "state": payment.state,
             "provider_payment_id": payment.provider_payment_id, "failure_code": payment.failure_code,
             "failure_message": payment.failure_message, "idempotency_key": payment.idempotency_key,
-            "created_at": _iso(payment.created_at), "updated_at": _iso(payment.updated_at)}
+            "created_at": iso(payment.created_at), "updated_at": iso(payment.updated_at)}
 
 
 def method_view(method: PaymentMethod) -> dict[str, Any]:
     return {"id": method.id, "account": method.account_id, "provider": method.provider,
             "provider_method_id": method.provider_method_id, "brand": method.brand, "last4": method.last4,
-            "default": method.is_default, "created_at": _iso(method.created_at)}
+            "default": method.is_default, "created_at": iso(method.created_at)}
 
 
 class PaymentService:
@@ -457,7 +450,7 @@ class PaymentService:
             rows = session.scalars(select(CreditNote).join(Invoice, Invoice.id == CreditNote.invoice_id)
                                    .where(Invoice.number == number).order_by(CreditNote.id))
             return [{"number": n.number, "invoice": number, "amount_minor": n.amount_minor, "currency": n.currency,
-                     "reason": n.reason, "created_at": _iso(n.created_at)} for n in rows]
+                     "reason": n.reason, "created_at": iso(n.created_at)} for n in rows]
 
     def balance(self, number: str) -> dict[str, Any]:
         """What the invoice comes to after its payment and refunds (credit notes)."""
