@@ -73,7 +73,7 @@ def account_view(account: Account) -> dict[str, Any]:
 def key_view(key: ApiKey) -> dict[str, Any]:
     return {"id": key.id, "name": key.name, "created_at": iso(key.created_at),
             "last_used_at": iso(key.last_used_at), "revoked_at": iso(key.revoked_at),
-            "status": "revoked" if key.revoked_at else "active"}
+            "status": "revoked" if key.revoked_at else "active", "created_by": key.created_by}
 
 
 class AccountService:
@@ -328,8 +328,9 @@ class AccountService:
         return self._project(account_id)
 
     # -- keys ----------------------------------------------------------------------------------------
-    def issue_key(self, account_id: str, name: str = "default", *, actor: str = "admin") -> tuple[IssuedKey, bool]:
-        """(the new key, shown once; projected)."""
+    def issue_key(self, account_id: str, name: str = "default", *, actor: str = "admin",
+                  created_by: str | None = None) -> tuple[IssuedKey, bool]:
+        """(the new key, shown once; projected). `created_by`: the member (mem_...) that asked for it, if any."""
         if not name or len(name) > 100 or not name.isprintable():
             raise InvalidInput("A key name is 1 to 100 printable characters.", code="bad_name")
         with self.sessions.begin() as session:
@@ -337,7 +338,7 @@ class AccountService:
             key_id = new_id(8)
             api_key = new_api_key(account_id, key_id)
             session.add(ApiKey(id=key_id, account_id=account_id, sha256=hash_api_key(api_key), name=name,
-                               created_at=self.now()))
+                               created_at=self.now(), created_by=created_by))
             self._audit(session, actor, "key.issue", account_id, key_id=key_id, name=name)
         return IssuedKey(account_id, key_id, api_key), self._project(account_id).projected
 

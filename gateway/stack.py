@@ -48,6 +48,22 @@ def seed_demo(accounts: AccountService) -> list[tuple[str, str, str | None]]:
     return seeded
 
 
+def resync_and_seed(env: dict[str, str]) -> list[tuple[str, str, str | None]]:
+    """Projects the system of record into Redis (the database is the record: Redis follows it), then seeds the
+    demo accounts (`seed_demo`). Used by `make up` and `make stack` (gateway.multi)."""
+    from billing.store import open_accounts
+    store = open_accounts(env)
+    try:
+        report = store.resync()
+        log.info("projected %d accounts into Redis", report.projected + report.overwritten)
+        if report.orphans:
+            log.warning("Redis has %d accounts the database does not know (%s); `aihub resync --prune` takes "
+                        "them out of service", len(report.orphans), ", ".join(report.orphans[:5]))
+        return seed_demo(store.accounts)
+    finally:
+        store.close()
+
+
 def banner(url: str, seeded: list[tuple[str, str, str | None]], catalog: Catalog) -> str:
     key = next((k for _, _, k in seeded if k), None) or "<a demo key>"
     model = next(iter(catalog.models))
@@ -114,17 +130,9 @@ def _runtime_file(path: Path, runtime: Runtime) -> Iterator[None]:
 
 
 def api_routes(env: dict[str, str]) -> list[Any]:
-    """The API role's routes (provider webhooks), served on the gateway's port in `make up`."""
-    from api.webhooks import Webhooks
-    from billing.store import Store, open_accounts
-    opened: list[Store] = []
-
-    def store() -> Store:
-        if not opened:
-            opened.append(open_accounts(env))
-        return opened[0]
-    from billing_worker.payments import providers
-    return Webhooks(store, paypal=providers(env).get("paypal")).routes()
+    """The API role's routes (webhooks, management API, dashboard), served on the gateway's port in `make up`."""
+    from api.mount import api_routes as routes
+    return routes(env)
 
 
 def run_stack() -> None:
@@ -137,17 +145,13 @@ def run_stack() -> None:
         os.environ.update(env)
         settings = Settings.from_env(env)
         catalog = load_catalog(settings.catalog_path)
-        from billing.store import open_accounts
-        store = open_accounts(env)
-        try:
-            report = store.resync()          # the database is the record: Redis follows it
-            log.info("projected %d accounts into Redis", report.projected + report.overwritten)
-            if report.orphans:
-                log.warning("Redis has %d accounts the database does not know (%s); `aihub resync --prune` takes "
-                            "them out of service", len(report.orphans), ", ".join(report.orphans[:5]))
-            seeded = seed_demo(store.accounts)
-        finally:
-            store.close()
+        from api.mount import ensure_operator_token
+        operator_token = ensure_operator_token(env)
+        os.environ.update(env)
+        seeded = resync_and_seed(env)
+        from api.demo import banner as api_banner
+        from api.demo import seed_owners
+        owners = seed_owners(env, [account for account, _, _ in seeded])
         from billing_worker.embedded import embedded_worker
         from billing_worker.settings import Settings as WorkerSettings
         from gateway.server import serve
@@ -157,7 +161,7 @@ def run_stack() -> None:
                           clickhouse_url=worker_settings.clickhouse_url, gateway_url=url)
         # owns the chDB directory: API and worker live in this process
         with embedded_worker(worker_settings), _runtime_file(runtime_path(directory), runtime):
-            sys.stdout.write(banner(url, seeded, catalog) + "\n")
+            sys.stdout.write(banner(url, seeded, catalog) + "\n" + api_banner(url, operator_token, owners))
             sys.stdout.flush()
             serve(settings, extra_routes=api_routes(env))
             log.info("gateway stopped; last drain, then the fake upstream and Redis stop")

@@ -82,6 +82,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTC_TIME)
     last_used_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
     revoked_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+    created_by: Mapped[str | None] = mapped_column(String(32))         # mem_... that created it (migration 0007)
 
     account: Mapped[Account] = relationship(back_populates="keys")
 
@@ -386,3 +387,57 @@ class Dunning(Base):
 
 
 __all__ += ["Dunning", "ProviderEvent"]
+
+
+# -- teams and the management API (migration 0007; billing/members.py, api/) ---------------------------------------
+
+MEMBER_ROLES = ("owner", "admin", "billing", "developer", "viewer")
+
+
+class Member(Base):
+    """A person who may manage an account through the management API and the dashboard. The member token is never
+    stored: only its SHA-256. `removed_at` set: the member and the token no longer work (the row stays for the
+    audit log)."""
+
+    __tablename__ = "members"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)            # mem_...
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    removed_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+
+
+class Invite(Base):
+    """A one-time invitation (the token's SHA-256 only) to join an account with a role, until `expires_at`."""
+
+    __tablename__ = "invites"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)            # inv_...
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    expires_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTC_TIME)
+
+
+class IdempotencyRecord(Base):
+    """The answer to a POST made with an `Idempotency-Key`, kept so a retry gets the same answer (24 h). `caller` is
+    who sent it (operator, mem_..., key_...), so two callers' keys never collide; `request_sha256` is of the method,
+    path and body, so the same key with another request is refused. The stored body never holds a secret shown once
+    (those are replaced by a note before storing)."""
+
+    __tablename__ = "idempotency_records"
+
+    caller: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTC_TIME)

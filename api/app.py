@@ -1,0 +1,72 @@
+"""The management API (FastAPI on the gateway's Starlette): JSON under `/api/v1/`, the OpenAPI 3.1 document at
+`/api/openapi.json`, its docs page at `/api/docs`. Mounted at `/api` by `gateway.stack` (same port as the proxy
+in `make up`); routes live one resource per module in `api/routes/` (each module's `router`, found at start-up).
+
+Every answer that is not 2xx has the one error shape (api/errors.py); every route but invitation acceptance needs
+`Authorization: Bearer` (api/auth.py); rights per role in api/permissions.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+import api.routes
+from api.context import ApiContext
+from api.errors import HANDLERS, ErrorResponse
+
+TITLE = "aihub management API"
+ERROR_STATUSES = {"400": "Invalid request (the error's `code` and `param` say what)",
+                  "401": "Missing or unknown token", "403": "The caller's role may not do this",
+                  "404": "No such resource (or another tenant's)", "409": "Conflicts with the current state"}
+
+
+def route_modules() -> list[Any]:
+    names = sorted(m.name for m in pkgutil.iter_modules(api.routes.__path__) if not m.name.startswith("_"))
+    return [importlib.import_module(f"api.routes.{name}") for name in names]
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=TITLE, version="1", routes=app.routes, description=__doc__)
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schemas["ErrorResponse"].pop("$defs", {}).items():
+        schemas[name] = sub
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                "description": "Operator token, member token or API key"}}
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            public = operation.get("security") == []
+            for status, description in ERROR_STATUSES.items():
+                if public and status in ("401", "403"):
+                    continue
+                responses.setdefault(status, {"description": description, **error})
+            if not public:
+                operation["security"] = [{"bearer": []}]
+    app.openapi_schema = schema
+    return schema
+
+
+def create_api(ctx: ApiContext) -> FastAPI:
+    """The API as an ASGI app, to mount at `/api`."""
+    app = FastAPI(title=TITLE, version="1", openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None)
+    app.state.ctx = ctx
+    for exc, handler in HANDLERS.items():
+        app.add_exception_handler(exc, handler)
+    for module in route_modules():
+        app.include_router(module.router, prefix="/v1")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,57 @@
+"""Sends an invitation to join an account by email (SMTP from billing.notifications_settings.SmtpSettings).
+
+The token is in the message and nowhere else after the request: it is not stored (only its SHA-256) and not in
+the notification log. `send_invite` returns False when SMTP is not configured (the inviter then passes the token,
+returned once by the API, on); an SMTP failure raises InviteMailError (the invitation still stands)."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from billing.errors import BillingError
+from billing.notifications_settings import SmtpSettings
+
+
+class InviteMailError(BillingError):
+    status = 502
+    code = "invite_email_failed"
+
+
+def invite_message(sender: str, email: str, account_name: str, role: str, token: str, url: str,
+                   language: str = "en") -> EmailMessage:
+    message = EmailMessage()
+    if language.startswith("zh"):
+        subject = f"[AI Hub] 邀请您加入 {account_name}"
+        text = (f"您被邀请以“{role}”角色加入 AI Hub 账户 {account_name}。\n\n"
+                f"在 {url}/dashboard 打开控制台，选择“接受邀请”，粘贴以下一次性令牌（7 天内有效）：\n\n{token}\n\n"
+                "如非预期，请忽略此邮件。\n\n—— AI Hub")
+    else:
+        subject = f"[AI Hub] You are invited to {account_name}"
+        text = (f"You have been invited to the AI Hub account {account_name} as {role}.\n\n"
+                f"Open {url}/dashboard, choose \"Accept an invitation\" and paste this one-time token "
+                f"(valid for 7 days):\n\n{token}\n\nIf you did not expect this, ignore this message.\n\n-- AI Hub")
+    message["From"], message["To"], message["Subject"] = sender, email, subject
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    message.set_content(text, charset="utf-8")
+    return message
+
+
+def send_invite(smtp: SmtpSettings | None, email: str, account_name: str, role: str, token: str, url: str,
+                language: str = "en") -> bool:
+    if smtp is None:
+        return False
+    message = invite_message(smtp.sender, email, account_name, role, token, url, language)
+    try:
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout_s) as client:
+            if smtp.starttls:
+                client.starttls(context=ssl.create_default_context())
+            if smtp.user:
+                client.login(smtp.user, smtp.password or "")
+            client.send_message(message)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise InviteMailError(f"The invitation was made but its email could not be sent: {exc}") from None
+    return True
