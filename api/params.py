@@ -26,3 +26,9 @@ class Strict(BaseModel):
     """Base of every request body: unknown fields are refused (400 `unknown_field`)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def needs(permission: str) -> dict[str, str]:
+    """A route's `openapi_extra`: the permission it checks (api/permissions.py), shown in the OpenAPI document as
+    `x-permission` and used by the tests that try every route with every role."""
+    return {"x-permission": permission}

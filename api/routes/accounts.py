@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.idempotency import idempotent
 from api.pagination import Cursor, Limit, Page, paginate
-from api.params import AccountId, AuthCaller, Ctx, Strict
+from api.params import AccountId, AuthCaller, Ctx, Strict, needs
 from billing.members import check_email
 
 router = APIRouter(tags=["accounts"])
@@ -70,13 +70,15 @@ class CreatedAccount(BaseModel):
     owner_token: str | None      # shown once
 
 
-@router.get("/accounts", response_model=Page[AccountView], summary="All accounts (operator)")
+@router.get("/accounts", response_model=Page[AccountView], summary="All accounts (operator)",
+             openapi_extra=needs("operator"))
 def list_accounts(ctx: Ctx, caller: AuthCaller, limit: Limit = 20, starting_after: Cursor = None) -> dict[str, object]:
     caller.require("operator")
     return paginate(ctx.accounts.list_accounts(), limit, starting_after)
 
 
-@router.post("/accounts", response_model=CreatedAccount, status_code=201, summary="Create an account (operator)")
+@router.post("/accounts", response_model=CreatedAccount, status_code=201, summary="Create an account (operator)",
+             openapi_extra=needs("operator"))
 def create_account(body: NewAccount, request: Request, ctx: Ctx, caller: AuthCaller) -> object:
     caller.require("operator")
 
@@ -96,7 +98,8 @@ def create_account(body: NewAccount, request: Request, ctx: Ctx, caller: AuthCal
     return idempotent(request, caller, body, run, status=201)
 
 
-@router.get("/accounts/{account_id}", response_model=AccountView, summary="One account")
+@router.get("/accounts/{account_id}", response_model=AccountView, summary="One account",
+             openapi_extra=needs("account:read"))
 def get_account(account_id: AccountId, ctx: Ctx, caller: AuthCaller) -> dict[str, object]:
     caller.require("account:read", account_id)
     return ctx.accounts.get_account(account_id)

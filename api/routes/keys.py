@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from api.errors import ApiError
 from api.idempotency import idempotent
 from api.pagination import Cursor, Limit, Page, paginate
-from api.params import AccountId, AuthCaller, Ctx, Strict
+from api.params import AccountId, AuthCaller, Ctx, Strict, needs
 
 router = APIRouter(tags=["keys"])
 KeyId = Annotated[str, Path(pattern=r"^[a-z0-9]{4,32}$")]
@@ -36,14 +36,16 @@ class CreatedKey(BaseModel):
     api_key: str | None        # shown once (null when an Idempotency-Key replays the answer)
 
 
-@router.get("/accounts/{account_id}/keys", response_model=Page[KeyView], summary="API keys")
+@router.get("/accounts/{account_id}/keys", response_model=Page[KeyView], summary="API keys",
+             openapi_extra=needs("keys:read"))
 def list_keys(account_id: AccountId, ctx: Ctx, caller: AuthCaller, limit: Limit = 20,
               starting_after: Cursor = None) -> dict[str, object]:
     caller.require("keys:read", account_id)
     return paginate(ctx.accounts.list_keys(account_id), limit, starting_after)
 
 
-@router.post("/accounts/{account_id}/keys", response_model=CreatedKey, status_code=201, summary="Create a key")
+@router.post("/accounts/{account_id}/keys", response_model=CreatedKey, status_code=201, summary="Create a key",
+             openapi_extra=needs("keys:write"))
 def create_key(account_id: AccountId, body: NewKey, request: Request, ctx: Ctx, caller: AuthCaller) -> object:
     caller.require("keys:write", account_id)
 
@@ -55,7 +57,8 @@ def create_key(account_id: AccountId, body: NewKey, request: Request, ctx: Ctx, 
     return idempotent(request, caller, body, run, status=201)
 
 
-@router.post("/accounts/{account_id}/keys/{key_id}/revoke", response_model=KeyView, summary="Revoke a key")
+@router.post("/accounts/{account_id}/keys/{key_id}/revoke", response_model=KeyView, summary="Revoke a key",
+             openapi_extra=needs("keys:write"))
 def revoke_key(account_id: AccountId, key_id: KeyId, ctx: Ctx, caller: AuthCaller) -> dict[str, object]:
     caller.require("keys:write", account_id)
     keys = {k["id"]: k for k in ctx.accounts.list_keys(account_id)}

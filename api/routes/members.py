@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from api.idempotency import idempotent
 from api.pagination import Cursor, Limit, Page, paginate
-from api.params import AccountId, AuthCaller, Ctx, Strict
+from api.params import AccountId, AuthCaller, Ctx, Strict, needs
 from billing.invite_mail import send_invite
 
 router = APIRouter(tags=["members"])
@@ -70,27 +70,31 @@ def _by_role(caller: object) -> str:
     return "owner" if role in ("owner", "operator") else str(role)
 
 
-@router.get("/accounts/{account_id}/members", response_model=Page[MemberView], summary="Members")
+@router.get("/accounts/{account_id}/members", response_model=Page[MemberView], summary="Members",
+             openapi_extra=needs("members:read"))
 def list_members(account_id: AccountId, ctx: Ctx, caller: AuthCaller, limit: Limit = 20,
                  starting_after: Cursor = None) -> dict[str, object]:
     caller.require("members:read", account_id)
     return paginate(ctx.members.list_members(account_id), limit, starting_after)
 
 
-@router.post("/accounts/{account_id}/members/{member_id}", response_model=MemberView, summary="Change a role")
+@router.post("/accounts/{account_id}/members/{member_id}", response_model=MemberView, summary="Change a role",
+             openapi_extra=needs("members:write"))
 def change_role(account_id: AccountId, member_id: MemberId, body: RoleChange, ctx: Ctx,
                 caller: AuthCaller) -> dict[str, object]:
     caller.require("members:write", account_id)
     return ctx.members.set_role(account_id, member_id, body.role, by_role=_by_role(caller), actor=caller.actor)
 
 
-@router.delete("/accounts/{account_id}/members/{member_id}", response_model=MemberView, summary="Remove a member")
+@router.delete("/accounts/{account_id}/members/{member_id}", response_model=MemberView, summary="Remove a member",
+             openapi_extra=needs("members:write"))
 def remove_member(account_id: AccountId, member_id: MemberId, ctx: Ctx, caller: AuthCaller) -> dict[str, object]:
     caller.require("members:write", account_id)
     return ctx.members.remove_member(account_id, member_id, by_role=_by_role(caller), actor=caller.actor)
 
 
-@router.get("/accounts/{account_id}/invites", response_model=Page[InviteView], summary="Invitations")
+@router.get("/accounts/{account_id}/invites", response_model=Page[InviteView], summary="Invitations",
+             openapi_extra=needs("members:read"))
 def list_invites(account_id: AccountId, ctx: Ctx, caller: AuthCaller, limit: Limit = 20,
                  starting_after: Cursor = None) -> dict[str, object]:
     caller.require("members:read", account_id)
@@ -99,7 +103,8 @@ def list_invites(account_id: AccountId, ctx: Ctx, caller: AuthCaller, limit: Lim
 
 
 @router.post("/accounts/{account_id}/invites", response_model=CreatedInvite, status_code=201,
-             summary="Invite a member (emailed)")
+             summary="Invite a member (emailed)",
+             openapi_extra=needs("members:write"))
 def invite(account_id: AccountId, body: NewInvite, request: Request, ctx: Ctx, caller: AuthCaller) -> object:
     caller.require("members:write", account_id)
 
@@ -113,7 +118,8 @@ def invite(account_id: AccountId, body: NewInvite, request: Request, ctx: Ctx, c
 
 
 @router.post("/accounts/{account_id}/invites/{invite_id}/revoke", response_model=InviteView,
-             summary="Revoke an invitation")
+             summary="Revoke an invitation",
+             openapi_extra=needs("members:write"))
 def revoke_invite(account_id: AccountId, invite_id: InviteId, ctx: Ctx, caller: AuthCaller) -> dict[str, object]:
     caller.require("members:write", account_id)
     return ctx.members.revoke_invite(account_id, invite_id, actor=caller.actor)
