@@ -12,10 +12,11 @@ import importlib
 import pkgutil
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 
 import api.routes
+from api.auth import current_caller
 from api.context import ApiContext
 from api.errors import HANDLERS, ErrorResponse
 
@@ -59,10 +60,23 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def guard(request: Request) -> None:
+    """Runs before every route's own parameters are read: authenticates the caller and checks the route's
+    `x-permission` (api/params.needs) on the path's `account_id`, so a caller without the right gets 401/403/404
+    before any validation of what it sent. Routes marked public (`security: []`) are skipped."""
+    extra = getattr(request.scope.get("route"), "openapi_extra", None) or {}
+    if extra.get("security") == []:
+        return
+    caller = current_caller(request)
+    permission = extra.get("x-permission")
+    if permission:
+        caller.require(str(permission), request.path_params.get("account_id"))
+
+
 def create_api(ctx: ApiContext) -> FastAPI:
     """The API as an ASGI app, to mount at `/api`."""
     app = FastAPI(title=TITLE, version="1", openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
-                  swagger_ui_oauth2_redirect_url=None)
+                  swagger_ui_oauth2_redirect_url=None, dependencies=[Depends(guard)])
     app.state.ctx = ctx
     for exc, handler in HANDLERS.items():
         app.add_exception_handler(exc, handler)

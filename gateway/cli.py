@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("serve", "run the gateway (proxy, health, metrics); projects the database into Redis first")
     for name in WORKER_COMMANDS:
         sub.add_parser(name, help=f"billing worker: {name} (see `aihub {name} --help`)", add_help=False)
+    sub.add_parser("member", help="an account's members: add, list, remove, token (see `aihub member --help`)",
+                   add_help=False)
     command("migrate", "apply the database and ClickHouse schema migrations")
     resync = command("resync", "rebuild Redis from the database (keys, plans, quotas, boosts)")
     resync.add_argument("--counters", action="store_true",
@@ -441,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in WORKER_COMMANDS:
         from billing_worker.cli import main as worker_main
         return worker_main(argv)
+    if argv and argv[0] == "member":
+        from api.cli import main as member_main
+        return member_main(argv[1:])
     args = build_parser().parse_args(argv)
     from billing.errors import BillingError
     try:
