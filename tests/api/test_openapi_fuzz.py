@@ -10,9 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import schemathesis
-from schemathesis.checks import (content_type_conformance, negative_data_rejection, not_a_server_error,
-                                 response_headers_conformance, response_schema_conformance, status_code_conformance)
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -42,14 +48,14 @@ def test_no_500_and_answers_match_the_document(ctx: ApiContext, tenant: Any) -> 
         @given(case=operation.as_strategy())
         @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
-        def run(case: Any) -> None:
+        def run(case: Any, token: str = token) -> None:
             if case.path_parameters and "account_id" in case.path_parameters:
                 case.path_parameters["account_id"] = t.account_id
             case.call_and_validate(headers={"Authorization": f"Bearer {token}"}, checks=CHECKS)
 
         try:
             run()
-        except BaseException as exc:    # noqa: BLE001 (FailureGroup): every failing operation, reported at the end
+        except BaseException as exc:    # a FailureGroup: every failing operation is reported at the end
             if isinstance(exc, KeyboardInterrupt):
                 raise
             failures.append(f"{operation.method.upper()} {operation.path}: {str(exc)[:1500]}")
