@@ -33,6 +33,17 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, negative_data_rejection]
 
 
+def _fuzz(operation: Any, token: str, account_id: str) -> Any:
+    @given(case=operation.as_strategy())
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    def run(case: Any) -> None:
+        if case.path_parameters and "account_id" in case.path_parameters:
+            case.path_parameters["account_id"] = account_id
+        case.call_and_validate(headers={"Authorization": f"Bearer {token}"}, checks=CHECKS)
+    return run
+
+
 def test_no_500_and_answers_match_the_document(ctx: ApiContext, tenant: Any) -> None:
     t = tenant("enterprise")
     ctx.accounts.issue_key(t.account_id, "fuzz")
@@ -42,19 +53,9 @@ def test_no_500_and_answers_match_the_document(ctx: ApiContext, tenant: Any) -> 
     walked = 0
     for result in schema.get_all_operations():
         operation = result.ok()
-        raw = operation.definition.raw
-        token = OPERATOR if raw.get("x-permission") == "operator" else t.owner
-
-        @given(case=operation.as_strategy())
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
-        def run(case: Any, token: str = token) -> None:
-            if case.path_parameters and "account_id" in case.path_parameters:
-                case.path_parameters["account_id"] = t.account_id
-            case.call_and_validate(headers={"Authorization": f"Bearer {token}"}, checks=CHECKS)
-
+        token = OPERATOR if operation.definition.raw.get("x-permission") == "operator" else t.owner
         try:
-            run()
+            _fuzz(operation, token, t.account_id)()
         except BaseException as exc:    # a FailureGroup: every failing operation is reported at the end
             if isinstance(exc, KeyboardInterrupt):
                 raise
