@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: up test lint typecheck pytest bench venv clean redis
+.PHONY: up stack load test lint typecheck pytest bench venv clean redis
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,18 @@ redis:
 
 up: venv redis
 	$(BIN)/python -m gateway up
+
+# the roles as separate processes: AIHUB_PROXIES proxies (SO_REUSEPORT) on AIHUB_PORT, worker + API on AIHUB_API_PORT
+stack: venv redis
+	$(BIN)/python -m gateway.multi
+
+# locust against a `make stack` it starts and stops itself; report in benchmarks/results/
+LOAD_SECONDS ?= 60
+LOAD_USERS ?= 20
+LOAD_SPAWN_RATE ?= 5
+load: venv
+	@scripts/ensure-redis
+	$(BIN)/python -m benchmarks.load --seconds $(LOAD_SECONDS) --users $(LOAD_USERS) --spawn-rate $(LOAD_SPAWN_RATE)
 
 lint: venv
 	$(BIN)/ruff check gateway api billing billing_worker fakes tests benchmarks

@@ -1,0 +1,310 @@
+"""`make stack`: the roles as separate processes on one machine, as production runs them.
+
+    private Redis      unless REDIS_URL is set                                  (gateway.stack, as `make up`)
+    fake upstream      unless AIHUB_UPSTREAM_DEFAULT_URL is set                 (gateway.stack, as `make up`)
+    worker + API       one process: the billing worker (owns chDB) and the API role's routes on AIHUB_API_PORT
+                       (default AIHUB_PORT + 1)                                 (gateway.multi_roles api-worker)
+    N proxies          AIHUB_PROXIES (default 2) processes on AIHUB_HOST:AIHUB_PORT, each with its own
+                       SO_REUSEPORT socket: the kernel spreads connections      (gateway.multi_roles proxy)
+
+Start: Redis, upstream, the database projected into Redis and the demo accounts seeded (as `make up`), the
+worker + API (migrations and counters before any request is admitted), then the proxies; the banner (demo keys,
+processes, ports) is printed once every process serves, and `<AIHUB_VAR_DIR>/runtime.json` tells the CLIs where
+Redis is. The children run in their own sessions, so a terminal's Ctrl-C reaches this process only.
+
+Stop (SIGINT or SIGTERM), losing nothing: the proxies first (they stop accepting, finish and settle the requests
+in flight), then the worker + API (its last drain loads every settled usage row into ClickHouse), then the
+upstream and Redis. A child that dies on its own stops the whole stack (exit status 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway.errors import ConfigError
+from gateway.runtime import Runtime, read_runtime, runtime_path
+from gateway.server import CANCELLED_WAIT_S
+from gateway.settings import ROOT, Env, Settings, var_dir
+
+log = logging.getLogger("aihub.stack")
+START_TIMEOUT_S = 120.0       # migrations of a new chDB directory included
+WORKER_STOP_TIMEOUT_S = 120.0  # the Dramatiq worker's 30 s, then the last drain
+
+
+class StackError(RuntimeError):
+    """A process of the stack did not start or died."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived while the stack was starting."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    host: str
+    port: int
+    api_port: int
+    proxies: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> StackSettings:
+        env = Env(environ)
+        port = env.get("AIHUB_PORT", int, Settings.port)
+        settings = cls(host=env.get("AIHUB_HOST", str, Settings.host), port=port,
+                       api_port=env.get("AIHUB_API_PORT", int, port + 1), proxies=env.get("AIHUB_PROXIES", int, 2))
+        if settings.proxies < 1:
+            raise ConfigError(f"AIHUB_PROXIES={settings.proxies} must be at least 1")
+        if settings.api_port == settings.port:
+            raise ConfigError(f"AIHUB_API_PORT={settings.api_port} must differ from AIHUB_PORT")
+        return settings
+
+
+class Child:
+    """One role process (gateway.multi_roles) in its own session, with the pipe it writes 'ready' to."""
+
+    def __init__(self, name: str, args: Sequence[str], env: Mapping[str, str]) -> None:
+        self.name = name
+        read_end, write_end = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gateway.multi_roles", *args,
+                                          "--ready-fd", str(write_end)],
+                                         env=dict(env), cwd=ROOT, stdin=subprocess.DEVNULL, pass_fds=(write_end,),
+                                         start_new_session=True)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self.ready_fd = read_end
+        self.paths: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, deadline: float, stopping: threading.Event) -> None:
+        """Until the child wrote its ready line; StackError when it exits first or the deadline passes."""
+        data = b""
+        while not data.endswith(b"\n"):
+            if stopping.is_set():
+                raise Interrupted
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StackError(f"{self.name} (pid {self.pid}) did not start within {START_TIMEOUT_S:.0f}s")
+            readable, _, _ = select.select([self.ready_fd], [], [], min(0.2, remaining))
+            if readable:
+                chunk = os.read(self.ready_fd, 4096)
+                if not chunk:
+                    raise StackError(f"{self.name} (pid {self.pid}) exited with status {self.proc.wait()} before "
+                                     "it served (its log is above)")
+                data += chunk
+        self.close_pipe()
+        self.paths = data.decode().split()[1:]
+
+    def close_pipe(self) -> None:
+        if self.ready_fd >= 0:
+            os.close(self.ready_fd)
+            self.ready_fd = -1
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait(self, timeout: float) -> bool:
+        """Waits for it to exit; killed after `timeout`. True when it stopped by itself with status 0."""
+        try:
+            code = self.proc.wait(max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            log.error("%s (pid %d) did not stop within %.0fs: killed", self.name, self.pid, timeout)
+            self.proc.kill()
+            self.proc.wait(10)
+            return False
+        finally:
+            self.close_pipe()
+        if code != 0:
+            log.error("%s (pid %d) exited with status %d", self.name, self.pid, code)
+        return code == 0
+
+
+class Processes:
+    """The started children, stopped in the order that loses nothing: proxies, then the worker + API."""
+
+    def __init__(self, env: Mapping[str, str], proxy_stop_s: float) -> None:
+        self.env = env
+        self.proxy_stop_s = proxy_stop_s
+        self.worker: Child | None = None
+        self.proxies: list[Child] = []
+
+    def all(self) -> list[Child]:
+        return [*self.proxies, *([self.worker] if self.worker else [])]
+
+    def start_worker(self, api_port: int, deadline: float, stopping: threading.Event) -> Child:
+        self.worker = Child("worker + API", ["api-worker", "--port", str(api_port)], self.env)
+        self.worker.wait_ready(deadline, stopping)
+        return self.worker
+
+    def start_proxies(self, count: int, deadline: float, stopping: threading.Event) -> list[Child]:
+        for n in range(1, count + 1):        # kept as they start: a failed start still stops the earlier ones
+            self.proxies.append(Child(f"proxy {n}", ["proxy"], self.env))
+        for proxy in self.proxies:
+            proxy.wait_ready(deadline, stopping)
+        return self.proxies
+
+    def exited(self) -> Child | None:
+        return next((child for child in self.all() if child.proc.poll() is not None), None)
+
+    def stop(self) -> bool:
+        """True when every child stopped by itself with status 0."""
+        clean = True
+        if self.proxies:
+            log.info("stopping %d proxies: requests in flight finish and are settled", len(self.proxies))
+            for proxy in self.proxies:
+                proxy.terminate()
+            deadline = time.monotonic() + self.proxy_stop_s
+            for proxy in self.proxies:
+                clean = proxy.wait(deadline - time.monotonic()) and clean
+        if self.worker is not None:
+            log.info("stopping the worker + API: last drain of the usage streams into ClickHouse")
+            self.worker.terminate()
+            clean = self.worker.wait(WORKER_STOP_TIMEOUT_S) and clean
+        return clean
+
+
+def stop_signals() -> threading.Event:
+    """SIGINT and SIGTERM set the event (the stack then stops in order); a second one changes nothing."""
+    stopping = threading.Event()
+
+    def on_signal(sig: int, frame: object) -> None:
+        if not stopping.is_set():
+            log.info("%s: stopping the stack", signal.Signals(sig).name)
+        stopping.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return stopping
+
+
+def check_free(host: str, port: int, what: str) -> None:
+    """Refuses a port something listens on already (a `make up`, or another stack's SO_REUSEPORT proxies:
+    a socket without SO_REUSEPORT cannot bind next to them)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise StackError(f"{what} port {host}:{port} is in use ({exc.strerror}); set "
+                             f"{'AIHUB_PORT' if what == 'the public' else 'AIHUB_API_PORT'} to another") from None
+
+
+def redact(url: str) -> str:
+    """A URL without its password (REDIS_URL may carry one)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def processes_banner(stack: StackSettings, processes: Processes, env: Mapping[str, str], private_redis: bool,
+                     fake_upstream: bool, clickhouse_url: str) -> str:
+    worker = processes.worker
+    assert worker is not None
+    pids = ", ".join(str(p.pid) for p in processes.proxies)
+    api = f"http://{stack.host}:{stack.api_port}"
+    return "\n".join([
+        "Processes (make stack; Ctrl-C stops them in order: proxies, worker, upstream, Redis):",
+        f"  proxies       {stack.proxies} on http://{stack.host}:{stack.port} (SO_REUSEPORT), pids {pids}",
+        f"  worker + API  pid {worker.pid}; API on {api}: {' '.join(worker.paths)}",
+        f"                ClickHouse {redact(clickhouse_url)} (owned by this process)",
+        f"  Redis         {redact(env['REDIS_URL'])}{' (private)' if private_redis else ' (REDIS_URL)'}",
+        f"  upstream      {env['AIHUB_UPSTREAM_DEFAULT_URL']}"
+        f"{' (fake)' if fake_upstream else ' (AIHUB_UPSTREAM_DEFAULT_URL)'}", ""])
+
+
+def run_multi_stack() -> int:
+    """`make stack`; 0 after a clean stop, 1 when a process failed or had to be killed."""
+    from api.demo import banner as api_banner
+    from api.demo import seed_owners
+    from api.mount import ensure_operator_token
+    from billing_worker.settings import Settings as WorkerSettings
+    from gateway.catalog import load_catalog
+    from gateway.stack import _fake_upstream, _private_redis, _runtime_file, banner, resync_and_seed
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    env = dict(os.environ)
+    stack = StackSettings.from_env(env)
+    directory = var_dir(env)
+    directory.mkdir(parents=True, exist_ok=True)
+    running = read_runtime(runtime_path(directory))
+    if running is not None:
+        raise StackError(f"a stack already runs on {directory} (pid {running.pid}, {running.gateway_url}): stop "
+                         "it, or set AIHUB_VAR_DIR to another directory")
+    check_free(stack.host, stack.port, "the public")
+    check_free(stack.host, stack.api_port, "the API")
+    stopping = stop_signals()
+    private_redis, fake_upstream = not env.get("REDIS_URL"), not env.get("AIHUB_UPSTREAM_DEFAULT_URL")
+    with _private_redis(env, directory), _fake_upstream(env):
+        os.environ.update(env)
+        settings = Settings.from_env(env)
+        worker_settings = WorkerSettings.from_env(env)
+        env["CLICKHOUSE_URL"] = worker_settings.clickhouse_url      # the children open the same one
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        processes = Processes(env, settings.shutdown_grace_s + CANCELLED_WAIT_S + 10)
+        failed: Child | None = None
+        try:
+            operator_token = ensure_operator_token(env)        # in env before the API process starts
+            seeded = resync_and_seed(env)
+            owners = seed_owners(env, [account for account, _, _ in seeded])
+            if stopping.is_set():
+                raise Interrupted
+            deadline = time.monotonic() + START_TIMEOUT_S
+            processes.start_worker(stack.api_port, deadline, stopping)
+            processes.start_proxies(stack.proxies, deadline, stopping)
+            url = f"http://{stack.host}:{stack.port}"
+            runtime = Runtime(pid=os.getpid(), redis_url=settings.redis_url,
+                              clickhouse_url=worker_settings.clickhouse_url, gateway_url=url)
+            with _runtime_file(runtime_path(directory), runtime):
+                sys.stdout.write(banner(url, seeded, load_catalog(settings.catalog_path)) + "\n"
+                                 + api_banner(f"http://{stack.host}:{stack.api_port}", operator_token, owners)
+                                 + "\n" + processes_banner(stack, processes, env, private_redis, fake_upstream,
+                                                           worker_settings.clickhouse_url) + "\n")
+                sys.stdout.flush()
+                while failed is None and not stopping.wait(0.2):
+                    failed = processes.exited()
+            if failed is not None:
+                log.error("%s (pid %d) exited with status %s: stopping the stack", failed.name, failed.pid,
+                          failed.proc.returncode)
+        except Interrupted:
+            log.info("stopped while starting")
+        finally:
+            clean = processes.stop()
+            log.info("proxies and worker stopped; now the upstream and Redis")
+    return 0 if clean and failed is None else 1
+
+
+def main() -> int:
+    try:
+        return run_multi_stack()
+    except ConfigError as exc:
+        sys.stderr.write(f"aihub stack: {exc}\n")
+        return 2
+    except StackError as exc:
+        sys.stderr.write(f"aihub stack: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
