@@ -43,6 +43,7 @@ pytest: venv
 	@scripts/ensure-redis
 	@scripts/ensure-postgres
 	@scripts/ensure-fonts
+	@scripts/ensure-chromium
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest

@@ -84,3 +84,16 @@ def create_api(ctx: ApiContext) -> FastAPI:
         app.include_router(module.router, prefix="/v1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def endpoint_table(app: FastAPI) -> str:
+    """The endpoints as a markdown table (method, path, permission, summary), for docs/api.md."""
+    rows = ["| method | path | permission | what |", "|---|---|---|---|"]
+    for path, item in app.openapi()["paths"].items():
+        for method, op in item.items():
+            permission = op.get("x-permission") or ("none (the token is the proof)" if op.get("security") == []
+                                                    else "any caller")
+            rows.append(f"| {method.upper()} | `/api{path}` | `{permission}` | {op.get('summary', '')} |"
+                        .replace("`none (the token is the proof)`", "none (the token is the proof)")
+                        .replace("`any caller`", "any caller"))
+    return "\n".join(rows)

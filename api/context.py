@@ -4,6 +4,7 @@ shared client behind a lock, since chDB allows one owner per process) and the se
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +20,8 @@ from billing.invoicing import Invoicer
 from billing.members import MemberService
 from billing.payments.service import PaymentService
 from billing.store import Store
+
+log = logging.getLogger("aihub.api")
 
 
 @dataclass
@@ -56,8 +59,10 @@ class ApiContext:
         with self._ch_lock:
             try:
                 yield self.clickhouse_factory()
-            except ClickHouseError as exc:
-                raise ApiError(503, "usage_history_unavailable", f"Usage history is not available: {exc}") from None
+            except ClickHouseError:
+                log.exception("usage history (ClickHouse) failed")
+                raise ApiError(503, "usage_history_unavailable", "Usage history is not available right now; the "
+                               "error was logged. Retry later.") from None
 
 
 def open_context(environ: Mapping[str, str], store: Store | None = None,

@@ -18,6 +18,8 @@ from api.context import ApiContext, open_context
 from billing.payments.bank_transfer import BankTransferProvider
 from billing.store import open_accounts
 from billing_worker.clickhouse import ClickHouse
+from billing_worker.migrate import migrate as migrate_clickhouse
+from billing_worker.settings import Settings as WorkerSettings
 from tests.quota.conftest import PinnedClock
 
 OPERATOR = "op-token-for-tests-0123456789abcdef"
@@ -39,6 +41,7 @@ def api_clock() -> PinnedClock:
 def ctx(api_env: dict[str, str], api_clock: PinnedClock) -> Iterator[ApiContext]:
     store = open_accounts(api_env, clock=api_clock)
     clickhouse = ClickHouse(api_env["CLICKHOUSE_URL"])
+    migrate_clickhouse(clickhouse, WorkerSettings().schema_dir)      # as the worker does at start
     context = open_context(api_env, store, clickhouse_factory=lambda: clickhouse)
     context.payments.providers = {**context.payments.providers, "bank_transfer": BankTransferProvider()}
     yield context

@@ -55,3 +55,8 @@ def test_each_role_gets_403_exactly_where_the_table_says(client: TestClient, ten
 
 def test_docs_role_table_is_the_generated_one() -> None:
     assert markdown_table() in (ROOT / "docs" / "api.md").read_text()
+
+
+def test_docs_list_every_endpoint(ctx: object) -> None:
+    from api.app import create_api, endpoint_table
+    assert endpoint_table(create_api(ctx)) in (ROOT / "docs" / "api.md").read_text()  # type: ignore[arg-type]
