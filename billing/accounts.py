@@ -56,6 +56,35 @@ def next_period_start(moment: datetime) -> datetime:
     return datetime(year, month, 1, tzinfo=UTC)
 
 
+def check_location(country: str, region: str = "") -> tuple[str, str]:
+    """(COUNTRY, REGION) upper-cased: an ISO 3166-1 alpha-2 code and up to 3 letters or digits; InvalidInput
+    (bad_country) otherwise."""
+    country, region = country.upper(), region.upper()
+    if not COUNTRY_RE.match(country) or not REGION_RE.match(region):
+        raise InvalidInput("Country is an ISO 3166-1 alpha-2 code (e.g. DE); region up to 3 letters or "
+                           "digits (e.g. CA).", code="bad_country")
+    return country, region
+
+
+def check_billing_email(email: str) -> str:
+    if len(email) > 320 or not EMAIL_RE.match(email):
+        raise InvalidInput(f"{email[:80]!r} is not an email address.", code="bad_email")
+    return email
+
+
+def check_tax_id(tax_id: str) -> str:
+    if not TAX_ID_RE.match(tax_id):
+        raise InvalidInput("A tax id is 2 to 64 letters, digits, spaces, '.', '-' or '/'.", code="bad_tax_id")
+    return tax_id
+
+
+def check_warning_levels(levels: list[int]) -> list[int]:
+    """The quota warning levels, sorted without repeats: a subset of [80, 100]; InvalidInput (bad_warning_levels)."""
+    if any(level not in (80, 100) for level in levels):
+        raise InvalidInput("Quota warnings are sent at 80 and/or 100 percent.", code="bad_warning_levels")
+    return sorted(set(levels))
+
+
 def account_view(account: Account) -> dict[str, Any]:
     sub = account.subscription
     return {"id": account.id, "name": account.name, "billing_email": account.billing_email,
@@ -125,8 +154,15 @@ class AccountService:
     def create_account(self, name: str, plan: str, *, country: str = "US", region: str = "",
                        billing_email: str | None = None, tax_id: str | None = None, currency: str | None = None,
                        language: str = "en", account_id: str | None = None, overage: bool = False,
-                       actor: str = "admin") -> Change:
-        self._plan(plan)
+                       bank_transfer: bool = False, actor: str = "admin") -> Change:
+        """Creates the account on `plan` (with its first plan change and an audit entry). `bank_transfer`: the
+        account pays by bank transfer (its payment method, recorded in the same transaction). A plan priced
+        above 0 in the account's currency needs a payment method, as an upgrade does: without bank transfer it
+        is refused (InvalidInput payment_method_required) unless AIHUB_REQUIRE_PAYMENT_METHOD=0; to pay by card
+        or PayPal, create the account on the free plan, add the method, then `set_plan`. Other errors:
+        InvalidInput (unknown_plan, bad_account_id, bad_currency, bad_country, bad_name, bad_email, bad_tax_id,
+        bad_language), Conflict (account_exists)."""
+        new = self._plan(plan)
         account_id = account_id or new_id()
         if not ID_RE.match(account_id):
             raise InvalidInput("Account ids are 4 to 32 lowercase letters or digits.", code="bad_account_id")
@@ -134,18 +170,19 @@ class AccountService:
         if currency not in self.catalog.currencies:   # also refuses anything that is not a 3-letter code
             raise InvalidInput(f"Currency {currency!r} is not priced by every plan; use one of "
                                f"{', '.join(self.catalog.currencies)}.", code="bad_currency")
-        country, region = country.upper(), region.upper()
-        if not COUNTRY_RE.match(country) or not REGION_RE.match(region):
-            raise InvalidInput("Country is an ISO 3166-1 alpha-2 code (e.g. DE); region up to 3 letters or "
-                               "digits (e.g. CA).", code="bad_country")
+        country, region = check_location(country, region)
         if not name.strip() or len(name) > 200 or not name.isprintable():
             raise InvalidInput("An account name is 1 to 200 printable characters.", code="bad_name")
-        if billing_email is not None and (len(billing_email) > 320 or not EMAIL_RE.match(billing_email)):
-            raise InvalidInput(f"{billing_email[:80]!r} is not an email address.", code="bad_email")
-        if tax_id is not None and not TAX_ID_RE.match(tax_id):
-            raise InvalidInput("A tax id is 2 to 64 letters, digits, spaces, '.', '-' or '/'.", code="bad_tax_id")
+        if billing_email is not None:
+            check_billing_email(billing_email)
+        if tax_id is not None:
+            check_tax_id(tax_id)
         if language not in LANGUAGES:
             raise InvalidInput(f"The language is one of {', '.join(LANGUAGES)}.", code="bad_language")
+        if self.require_payment_method and not bank_transfer and (new.prices_minor or {}).get(currency, 0) > 0:
+            raise InvalidInput(f"The {new.display_name} plan is paid: create the account with bank transfer, or on "
+                               "the free plan, add a payment method and then change the plan.",
+                               code="payment_method_required")
         now = self.now()
         account = Account(id=account_id, name=name.strip(), billing_email=billing_email, country=country,
                           region=region, tax_id=tax_id, currency=currency,
@@ -158,6 +195,8 @@ class AccountService:
                                          overage_enabled=False))
                 session.add(PlanChange(account_id=account_id, from_plan=None, to_plan=plan, at=now, actor=actor))
                 self._audit(session, actor, "account.create", account_id, plan=plan, name=account.name)
+                if bank_transfer:
+                    self._add_bank_transfer(session, account_id, actor)
         except IntegrityError:
             raise Conflict(f"Account {account_id!r} exists already.", code="account_exists") from None
         if overage:
@@ -199,6 +238,30 @@ class AccountService:
             self._audit(session, actor, "account.language", account_id, before=before, after=language)
         return self._project(account_id)
 
+    def set_billing_email(self, account_id: str, email: str | None, *, actor: str = "admin") -> Change:
+        """Where invoices and notification emails go; None: no email (notifications by webhook only)."""
+        return self._set_details(account_id, "account.billing_email", actor,
+                                 billing_email=None if email is None else check_billing_email(email))
+
+    def set_tax_id(self, account_id: str, tax_id: str | None, *, actor: str = "admin") -> Change:
+        """The customer's tax id (VAT id), printed on invoices issued from now on; None removes it."""
+        return self._set_details(account_id, "account.tax_id", actor,
+                                 tax_id=None if tax_id is None else check_tax_id(tax_id))
+
+    def set_location(self, account_id: str, country: str, region: str = "", *, actor: str = "admin") -> Change:
+        """The customer's country and region (tax jurisdiction of the invoices issued from now on)."""
+        country, region = check_location(country, region)
+        return self._set_details(account_id, "account.location", actor, country=country, region=region)
+
+    def _set_details(self, account_id: str, action: str, actor: str, **values: str | None) -> Change:
+        with self.sessions.begin() as session:
+            account = self._locked(session, account_id)
+            before = {name: getattr(account, name) for name in values}
+            for name, value in values.items():
+                setattr(account, name, value)
+            self._audit(session, actor, action, account_id, before=before, after=values)
+        return self._project(account_id)
+
     # -- subscription --------------------------------------------------------------------------------
     def set_plan(self, account_id: str, plan: str, *, now: bool = False, actor: str = "admin") -> Change:
         """An upgrade (a higher price in the account's currency) or a lateral change takes effect at once; a
@@ -227,6 +290,19 @@ class AccountService:
             self._audit(session, actor, "subscription.plan", account.id, before=before, requested=plan,
                         scheduled_for=iso(sub.scheduled_at))
         return self._project(account_id)
+
+    def _add_bank_transfer(self, session: Session, account_id: str, actor: str) -> None:
+        """The account's default payment method becomes bank transfer (what PaymentService.enable_bank_transfer
+        records), in the caller's transaction."""
+        from billing.db.models import PaymentMethod
+        from billing.payments.bank_transfer import method_id
+        method = PaymentMethod(account_id=account_id, provider="bank_transfer", provider_customer_id=None,
+                               provider_method_id=method_id(account_id), brand=None, last4=None, is_default=True,
+                               created_at=self.now())
+        session.add(method)
+        session.flush()
+        self._audit(session, actor, "payment_method.add", account_id, provider="bank_transfer", method=method.id,
+                    brand=None, last4=None, default=True)
 
     @staticmethod
     def _has_payment_method(session: Session, account_id: str) -> bool:
@@ -398,7 +474,10 @@ class AccountService:
                         until=iso(datetime.fromtimestamp(until_s, UTC)), price_minor=price_minor)
         return boost_id, self._project(account_id)
 
-    def audit_log(self, account_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def audit_log(self, account_id: str | None = None, limit: int = 100, *,
+                  before: int | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` entries (of the account), newest first; `before`: only entries with a smaller id
+        (the next page after the entry with that id)."""
         if not 1 <= limit <= 10_000:
             raise InvalidInput("The limit is 1 to 10,000 entries.", code="bad_limit")
         if account_id is not None and not self.exists(account_id):
@@ -407,7 +486,9 @@ class AccountService:
             query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
             if account_id is not None:
                 query = query.where(AuditEntry.account_id == account_id)
-            return [{"at": iso(e.at), "actor": e.actor, "action": e.action, "account": e.account_id,
+            if before is not None:
+                query = query.where(AuditEntry.id < before)
+            return [{"id": e.id, "at": iso(e.at), "actor": e.actor, "action": e.action, "account": e.account_id,
                      "details": e.details} for e in session.scalars(query)]
 
     # -- notification settings (billing.notifications) -----------------------------------------------------
@@ -440,9 +521,7 @@ class AccountService:
 
     def set_warning_levels(self, account_id: str, levels: list[int], *, actor: str = "admin") -> list[int]:
         """Which quota warnings the account gets: a subset of [80, 100]."""
-        if any(level not in (80, 100) for level in levels):
-            raise InvalidInput("Quota warnings are sent at 80 and/or 100 percent.", code="bad_warning_levels")
-        chosen = sorted(set(levels))
+        chosen = check_warning_levels(levels)
         with self.sessions.begin() as session:
             settings = self._notification_settings(session, account_id)
             before, settings.warning_levels, settings.updated_at = settings.warning_levels, chosen, self.now()

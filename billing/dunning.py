@@ -1,15 +1,24 @@
-"""Collection and failed payments (dunning).
+"""Collection and unpaid invoices (dunning).
 
-- `collect()`: charges every open invoice that has no payment yet, with the account's default payment method
-  (accounts paying by bank transfer are left to the transfer). A failed charge starts dunning.
-- Dunning: retries at the days of `retry_days` after the first failure (1, 3, 5, 7 by default,
-  AIHUB_DUNNING_RETRY_DAYS), a `payment_failed` notification at each failure; when the last retry fails, the
-  plan's consequence (`dunning` in config/catalog.toml): `suspend` limits the account to the free plan's limits
-  (the subscription is kept; the projection shows the free plan), `uncollectible` marks the invoice so.
-- A later success (a retry, a new payment method, a bank transfer, a provider webhook) restores the plan at once
-  when the retry succeeds, and otherwise at the next `run()` (the worker calls it every minute), with a
-  `payment_recovered` notification.
-Every step is idempotent: a dunning row per invoice (primary key), retries counted in it, notifications deduplicated.
+- `collect()`: charges every open invoice that has no payment yet, with the account's default payment method. A
+  charge that does not pay (`failed`, or `requires_action`: the customer must authenticate it) starts dunning, as
+  does an invoice charged by hand (`aihub invoice pay`) that did not pay. An account that pays by bank transfer
+  is not charged: its open invoice starts dunning when it is overdue (past `due_at`).
+- Dunning: a step at each of the days of `retry_days` after dunning started (1, 3, 5, 7 by default,
+  AIHUB_DUNNING_RETRY_DAYS), and a notification at the start and at each step:
+  - card or PayPal: the step is a retry (a new attempt; one awaiting the customer is cancelled first, see
+    billing.payments.service), notified as `payment_failed`, or `payment_action_required` (with what to do: the
+    confirmation link) when the attempt needs the customer's authentication;
+  - bank transfer: no charge; the step is a `payment_reminder` (transfer the total with the invoice number as
+    reference).
+  When the last step has not paid, the plan's consequence (`dunning` in config/catalog.toml): `suspend` limits
+  the account to the free plan's limits (the subscription is kept; the projection shows the free plan),
+  `uncollectible` marks the invoice so. The last notification says which.
+- A later success (a retry, the customer authenticating, a new payment method, a bank transfer marked paid, a
+  provider webhook) restores the plan at once through `settled` (billing.payments.service's on_paid hook), and
+  otherwise at the next `run()` (the worker calls it every minute), with a `payment_recovered` notification.
+Every step is idempotent: a dunning row per invoice (primary key), steps counted in it, notifications deduplicated
+(`<kind>:<invoice number>:<step>`).
 """
 
 from __future__ import annotations
@@ -23,14 +32,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.accounts import AccountService
-from billing.db.models import Dunning, Invoice, Payment, PaymentMethod, Subscription
+from billing.db.models import LIVE_PAYMENT_STATES, Dunning, Invoice, Payment, PaymentMethod, Subscription
 from billing.errors import BillingError
 from billing.notifications import record
-from billing.payments.service import PaymentService
-from billing.times import aware
+from billing.payments.service import FAILED_STATES, PaymentService
+from billing.times import aware, iso
 from gateway.catalog import Catalog
 
 DEFAULT_RETRY_DAYS = (1, 3, 5, 7)
+CONSEQUENCES = {"suspend": "Until it is paid, your plan is limited to the free plan's limits.",
+                "uncollectible": "The invoice is now marked uncollectible; paying it still settles it."}
 
 
 class Dunner:
@@ -49,7 +60,10 @@ class Dunner:
 
     # -- collection ----------------------------------------------------------------------------------
     def collect(self) -> dict[str, int]:
-        """Charges open invoices that were never charged and whose account has a card or PayPal on file."""
+        """Charges open invoices that were never charged and whose account has a card or PayPal on file; starts
+        dunning for those that did not pay and for overdue invoices of bank-transfer accounts. Counts: charged,
+        failed (did not pay, now in dunning), overdue (bank transfer, now in dunning)."""
+        now = self.now()
         with self.sessions() as session:
             charged = select(Payment.invoice_id)
             methods = select(PaymentMethod.account_id).where(PaymentMethod.is_default.is_(True),
@@ -57,17 +71,28 @@ class Dunner:
             numbers = list(session.scalars(select(Invoice.number).where(
                 Invoice.status == "open", Invoice.total_minor > 0, Invoice.id.not_in(charged),
                 Invoice.account_id.in_(methods)).order_by(Invoice.id)))
-        with self.sessions() as session:           # charged before (e.g. `aihub invoice pay`) and failed
+            # charged before (e.g. `aihub invoice pay`) and not paid: failed, or awaiting the customer
             failed_before = list(session.scalars(select(Invoice.number).where(
-                Invoice.status == "open", Invoice.id.in_(select(Payment.invoice_id).where(Payment.state == "failed")),
-                Invoice.id.not_in(select(Payment.invoice_id).where(Payment.state != "failed")),
+                Invoice.status == "open",
+                Invoice.id.in_(select(Payment.invoice_id).where(Payment.state.in_(FAILED_STATES))),
+                Invoice.id.not_in(select(Payment.invoice_id).where(Payment.state.not_in(FAILED_STATES))),
+                Invoice.id.not_in(select(Dunning.invoice_id))).order_by(Invoice.id)))
+            transfers = select(PaymentMethod.account_id).where(PaymentMethod.is_default.is_(True),
+                                                               PaymentMethod.provider == "bank_transfer")
+            overdue = list(session.scalars(select(Invoice.number).where(
+                Invoice.status == "open", Invoice.total_minor > 0, Invoice.due_at <= now,
+                Invoice.account_id.in_(transfers),
+                Invoice.id.not_in(select(Payment.invoice_id).where(Payment.state.in_(LIVE_PAYMENT_STATES))),
                 Invoice.id.not_in(select(Dunning.invoice_id))).order_by(Invoice.id)))
         for number in failed_before:
-            self._start(number, None)
-        counts = {"charged": 0, "failed": len(failed_before)}
+            attempts = self.payments.attempts(number)
+            self._start(number, attempts[-1] if attempts else None)
+        for number in overdue:
+            self._start(number, None, transfer=True)
+        counts = {"charged": 0, "failed": len(failed_before), "overdue": len(overdue)}
         for number in numbers:
             payment = self._charge(number)
-            if payment is None or payment["state"] == "failed":
+            if payment is None or payment["state"] in FAILED_STATES:
                 counts["failed"] += 1
                 self._start(number, payment)
             else:
@@ -80,52 +105,79 @@ class Dunner:
         except BillingError:        # no method any more, provider unreachable: dunning retries later
             return None
 
-    def _start(self, number: str, payment: dict[str, Any] | None) -> None:
+    def _start(self, number: str, payment: dict[str, Any] | None, *, transfer: bool = False) -> None:
         now = self.now()
         with self.sessions.begin() as session:
             invoice = session.scalars(select(Invoice).where(Invoice.number == number)).one()
             if session.get(Dunning, invoice.id) is not None:
                 return
+            first = now + timedelta(days=self.retry_days[0])
             session.add(Dunning(invoice_id=invoice.id, account_id=invoice.account_id, state="retrying",
-                                failed_at=now, retries=0, next_retry_at=now + timedelta(days=self.retry_days[0]),
-                                updated_at=now))
-            self._notify_failure(session, invoice, payment, 0, now + timedelta(days=self.retry_days[0]))
+                                failed_at=now, retries=0, next_retry_at=first, updated_at=now))
+            self._notify(session, invoice, payment, 0, first, transfer=transfer)
 
-    def _notify_failure(self, session: Session, invoice: Invoice, payment: dict[str, Any] | None, retries: int,
-                        next_at: datetime | None) -> None:
-        reason = (payment or {}).get("failure_message") or (payment or {}).get("failure_code") or "not charged"
-        nxt = (f"We will try again on {next_at.date().isoformat()}; you can also update your payment method."
-               if next_at else "No further attempts will be made; please pay by another method.")
-        record(session, invoice.account_id, "payment_failed", f"payment_failed:{invoice.number}:{retries}",
-               {"number": invoice.number, "period": invoice.period, "total_minor": invoice.total_minor,
-                "currency": invoice.currency, "reason": reason, "next": nxt, "retries": retries},
-               self.now())
+    def _notify(self, session: Session, invoice: Invoice, payment: dict[str, Any] | None, step: int,
+                next_at: datetime | None, *, transfer: bool, consequence: str | None = None) -> None:
+        """The notification of a dunning step: payment_reminder (bank transfer), payment_action_required (the
+        attempt awaits the customer's authentication), else payment_failed."""
+        payload: dict[str, Any] = {"number": invoice.number, "period": invoice.period,
+                                   "total_minor": invoice.total_minor, "currency": invoice.currency,
+                                   "due_at": iso(invoice.due_at), "retries": step}
+        last = CONSEQUENCES.get(consequence or "", "")
+        if transfer:
+            kind = "payment_reminder"
+            payload["next"] = (f"We will remind you again on {next_at.date().isoformat()}." if next_at
+                               else f"This is the last reminder. {last}".strip())
+        else:
+            action = (payment or {}).get("state") == "requires_action"
+            kind = "payment_action_required" if action else "payment_failed"
+            payload["reason"] = ((payment or {}).get("failure_message") or (payment or {}).get("failure_code")
+                                 or "not charged")
+            payload["next"] = (f"We will try again on {next_at.date().isoformat()}; you can also update your payment "
+                               "method." if next_at else f"No further attempts will be made; please pay by another "
+                               f"method. {last}".strip())
+            if action:
+                url = (payment or {}).get("action_url")
+                payload["action_url"] = url
+                payload["action"] = (f"Confirm the payment here: {url}" if url else
+                                     "Add another payment method, or ask us for a link to confirm this payment.")
+        record(session, invoice.account_id, kind, f"{kind}:{invoice.number}:{step}", payload, self.now())
 
     # -- the schedule --------------------------------------------------------------------------------
     def run(self) -> dict[str, int]:
-        """Recovers invoices paid meanwhile, retries what is due, applies consequences; the counts."""
+        """Recovers invoices paid meanwhile, takes the steps that are due (a retry, or a reminder for bank
+        transfer), applies consequences; counts: recovered, retried, reminded, exhausted."""
         now = self.now()
-        counts = {"recovered": 0, "retried": 0, "exhausted": 0}
+        counts = {"recovered": 0, "retried": 0, "reminded": 0, "exhausted": 0}
         with self.sessions() as session:
             rows = list(session.execute(select(Dunning.invoice_id, Invoice.number, Invoice.status,
-                                               Dunning.next_retry_at, Dunning.state)
+                                               Dunning.next_retry_at, Dunning.state, Dunning.account_id)
                                         .join(Invoice, Invoice.id == Dunning.invoice_id)
                                         .where(Dunning.state.in_(("retrying", "exhausted")))))
-        for invoice_id, number, status, next_at, state in rows:
+        for invoice_id, number, status, next_at, state, account_id in rows:
             if status in ("paid", "void"):          # paid, or the debt was cancelled
                 self._recover(invoice_id)
                 counts["recovered"] += 1
             elif state == "retrying" and next_at is not None and aware(next_at) <= now:
+                if self._pays_by_transfer(account_id):
+                    counts["exhausted" if self._failed_again(invoice_id, None, transfer=True) else "reminded"] += 1
+                    continue
                 payment = self._charge(number)
                 if payment is not None and payment["state"] == "succeeded":
                     self._recover(invoice_id)
                     counts["recovered"] += 1
-                elif payment is None or payment["state"] == "failed":
+                elif payment is None or payment["state"] in FAILED_STATES:
                     counts["exhausted" if self._failed_again(invoice_id, payment) else "retried"] += 1
         return counts
 
-    def _failed_again(self, invoice_id: int, payment: dict[str, Any] | None) -> bool:
-        """Counts a failed retry; True when it was the last one (the consequence is applied)."""
+    def _pays_by_transfer(self, account_id: str) -> bool:
+        with self.sessions() as session:
+            return session.scalars(select(PaymentMethod.provider).where(
+                PaymentMethod.account_id == account_id, PaymentMethod.is_default.is_(True))).first() \
+                == "bank_transfer"
+
+    def _failed_again(self, invoice_id: int, payment: dict[str, Any] | None, *, transfer: bool = False) -> bool:
+        """Counts a step that did not pay; True when it was the last one (the consequence is applied)."""
         now = self.now()
         with self.sessions.begin() as session:
             row = session.get(Dunning, invoice_id, with_for_update=True)
@@ -135,13 +187,17 @@ class Dunner:
             row.updated_at = now
             last = row.retries >= len(self.retry_days)
             row.next_retry_at = None if last else aware(row.failed_at) + timedelta(days=self.retry_days[row.retries])
-            self._notify_failure(session, invoice, payment, row.retries, row.next_retry_at)
-            if not last:
-                return False
-            sub = session.get(Subscription, invoice.account_id)
-            plan = self.catalog.plans.get(sub.plan if sub else "")
-            row.state, row.consequence = "exhausted", (plan.dunning if plan else "uncollectible")
-            consequence, account_id, number = row.consequence, invoice.account_id, invoice.number
+            consequence = None
+            if last:
+                sub = session.get(Subscription, invoice.account_id)
+                plan = self.catalog.plans.get(sub.plan if sub else "")
+                consequence = plan.dunning if plan else "uncollectible"
+                row.state, row.consequence = "exhausted", consequence
+            self._notify(session, invoice, payment, row.retries, row.next_retry_at, transfer=transfer,
+                         consequence=consequence)
+            account_id, number = invoice.account_id, invoice.number
+        if consequence is None:
+            return False
         if consequence == "suspend":
             self.accounts.set_restricted(account_id, True, actor="dunning")
         else:

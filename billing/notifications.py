@@ -7,7 +7,9 @@
 - **Producers** (the database side here; the quota stream and the anomalies in billing_worker.notify):
   quota_80 / quota_100 (dedup "quota_80:2026-11"), invoice_issued, invoice_due_soon (3 days before due_at, the
   invoice open), invoice_overdue (past due_at, open) (dedup "<kind>:<invoice number>"), usage_anomaly
-  (dedup "usage_anomaly:2026-11-05").
+  (dedup "usage_anomaly:2026-11-05"); billing.dunning's payment_failed, payment_action_required (the customer
+  must authenticate the payment: `action` says how, `action_url` where), payment_reminder (an overdue invoice of
+  a bank-transfer account) (dedup "<kind>:<invoice number>:<step>") and payment_recovered.
 - **Delivery.** `deliver_due()` claims the due deliveries (state -> `sending`, attempts + 1, a lease in
   next_attempt_at; PostgreSQL `FOR UPDATE SKIP LOCKED`, SQLite `BEGIN IMMEDIATE`), sends them outside the
   transaction, and records the outcome: `delivered` (never sent again), or `failed` with the error and the next
@@ -43,12 +45,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from billing.db.models import Account, Delivery, Invoice, Notification, NotificationSettings
-from billing.errors import InvalidInput
+from billing.errors import Conflict, InvalidInput, NotFound
 from billing.notifications_settings import SmtpSettings
 from billing.times import aware, iso
 
 KINDS = ("quota_80", "quota_100", "invoice_issued", "invoice_due_soon", "invoice_overdue", "usage_anomaly",
-         "payment_failed", "payment_recovered")
+         "payment_failed", "payment_action_required", "payment_reminder", "payment_recovered")
 CHANNELS = ("email", "webhook")
 STATES = ("pending", "sending", "delivered", "failed", "gave_up")
 DEFAULT_LEVELS = (80, 100)
@@ -199,6 +201,12 @@ _EN: dict[str, tuple[str, str]] = {
                       "({avg} a day).\nIf you do not expect this, check your API keys."),
     "payment_failed": ("Payment of invoice {number} failed",
                        "The payment of invoice {number} ({period}, {total}) for {name} failed: {reason}.\n{next}"),
+    "payment_action_required": ("Confirm the payment of invoice {number}",
+                                "Your bank (or PayPal) asks you to confirm the payment of invoice {number} ({period}, "
+                                "{total}) for {name} before it can be charged.\n{action}\n{next}"),
+    "payment_reminder": ("Reminder: invoice {number} is overdue",
+                         "Invoice {number} ({period}, {total}) for {name} was due on {due} and we have not received "
+                         "your bank transfer yet. Please transfer {total} with the reference {number}.\n{next}"),
     "payment_recovered": ("Invoice {number} is paid",
                           "Invoice {number} ({period}, {total}) for {name} is paid. Thank you; your plan is restored "
                           "if it was limited."),
@@ -221,6 +229,12 @@ _ZH: dict[str, tuple[str, str]] = {
                       "如非预期，请检查您的 API 密钥。"),
     "payment_failed": ("发票 {number} 扣款失败",
                        "{name} 的发票 {number}（{period}，{total}）扣款失败：{reason}。\n{next}"),
+    "payment_action_required": ("请确认发票 {number} 的付款",
+                                "您的银行（或 PayPal）要求您先确认 {name} 的发票 {number}（{period}，{total}）的付款，"
+                                "然后才能扣款。\n{action}\n{next}"),
+    "payment_reminder": ("提醒：发票 {number} 已逾期",
+                         "{name} 的发票 {number}（{period}，{total}）已于 {due} 到期，我们尚未收到您的银行转账。"
+                         "请转账 {total}，并注明参考号 {number}。\n{next}"),
     "payment_recovered": ("发票 {number} 已支付",
                           "{name} 的发票 {number}（{period}，{total}）已支付。谢谢！如套餐曾被限制，现已恢复。"),
 }
@@ -238,7 +252,7 @@ def render_email(kind: str, payload: Mapping[str, Any], language: str, account_n
               "due": _day(payload.get("due_at")), "status": _STATUS_ZH.get(status, status) if chinese else status,
               "day": payload.get("day", ""), "calls": payload.get("calls", ""), "ratio": payload.get("ratio", ""),
               "avg": payload.get("trailing_avg", ""), "reason": payload.get("reason", ""),
-              "next": payload.get("next", "")}
+              "next": payload.get("next", ""), "action": payload.get("action", "")}
     footer = ("\n\n—— AI Hub\n（此邮件由系统自动发送。）" if chinese
               else "\n\n-- AI Hub\n(This message was sent automatically.)")
     return "[AI Hub] " + subject.format(**values), body.format(**values) + footer
@@ -468,7 +482,50 @@ def history(sessions: sessionmaker[Session], account_id: str, limit: int = 100) 
                  .order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit))
         return [{"id": n.id, "kind": n.kind, "dedup_key": n.dedup_key, "created_at": iso(n.created_at),
                  "payload": n.payload,
-                 "deliveries": [{"channel": d.channel, "state": d.state, "attempts": d.attempts, "target": d.target,
-                                 "last_error": d.last_error, "next_attempt_at": iso(d.next_attempt_at),
-                                 "delivered_at": iso(d.delivered_at)} for d in n.deliveries]}
+                 "deliveries": [_delivery_view(d) for d in n.deliveries]}
                 for n in session.scalars(query)]
+
+
+def _delivery_view(d: Delivery) -> dict[str, Any]:
+    return {"id": d.id, "channel": d.channel, "state": d.state, "attempts": d.attempts, "target": d.target,
+            "last_error": d.last_error, "next_attempt_at": iso(d.next_attempt_at), "delivered_at": iso(d.delivered_at)}
+
+
+def redeliver(sessions: sessionmaker[Session], account_id: str, notification_id: int, delivery_id: int,
+              now: datetime | None = None) -> dict[str, Any]:
+    """Sends a delivery again: back to `pending`, due at `now`, its attempts counted from 0 (a full retry
+    schedule), whatever its state (delivered ones are sent once more: receivers dedupe by the notification id).
+    NotFound (delivery_not_found) unless the delivery is the account's notification's; Conflict
+    (delivery_in_progress) while a sender holds it, (channel_off) when its channel has no address or URL now.
+    Returns the delivery as `history` shows it."""
+    now = aware(now or utcnow())
+    with sessions.begin() as session:
+        delivery = session.get(Delivery, delivery_id, with_for_update=True)
+        notification = session.get(Notification, notification_id)
+        if (delivery is None or notification is None or delivery.notification_id != notification.id
+                or notification.account_id != account_id):
+            raise NotFound(f"No delivery {delivery_id} of notification {notification_id}.",
+                           code="delivery_not_found")
+        if delivery.state == "sending" and delivery.next_attempt_at is not None \
+                and aware(delivery.next_attempt_at) > now:
+            raise Conflict("This delivery is being sent right now; try again in a few minutes.",
+                           code="delivery_in_progress")
+        account = session.get(Account, account_id)
+        settings = session.get(NotificationSettings, account_id)
+        if delivery.channel == "email" and not (account is not None and account.billing_email):
+            raise Conflict("The account has no billing email to send to.", code="channel_off")
+        if delivery.channel == "webhook" and not (settings is not None and settings.webhook_url):
+            raise Conflict("The account's webhook is turned off.", code="channel_off")
+        delivery.state, delivery.attempts, delivery.next_attempt_at = "pending", 0, now
+        return _delivery_view(delivery)
+
+
+def public_target(target: str | None) -> str | None:
+    """A delivery target or webhook URL fit to show: an email address as is; a URL without its query string and
+    fragment (where receivers often put tokens), which is replaced by `?...`."""
+    if target is None or "://" not in target:
+        return target
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(target)
+    hidden = "?..." if parts.query or parts.fragment else ""
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) + hidden

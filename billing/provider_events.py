@@ -52,22 +52,30 @@ PAYPAL_STATES = {"PAYMENT.CAPTURE.COMPLETED": "succeeded", "PAYMENT.CAPTURE.DENI
                  "PAYMENT.CAPTURE.DECLINED": "failed", "PAYMENT.CAPTURE.PENDING": "processing"}
 
 
-def _update(event: ProviderEvent) -> tuple[str, ChargeResult, str | None, str | None] | None:
-    """(provider payment id, result, our attempt's idempotency key and account if the provider carries them), or
-    None for an event we do not act on."""
+def _update(event: ProviderEvent) -> tuple[str, ChargeResult, str | None, str | None, str | None] | None:
+    """(provider payment id, result, our attempt's idempotency key and account if the provider carries them,
+    another id the payment may be recorded under), or None for an event we do not act on. A PayPal capture event
+    names the capture (what a payment holds once captured, and what a refund needs) and, in
+    supplementary_data.related_ids, its order (what an attempt holds before its capture)."""
     payload: Any = event.payload
     if event.provider == "stripe" and event.type in STRIPE_STATES:
         intent = payload.get("data", {}).get("object", {})
         error = intent.get("last_payment_error") or {}
         metadata = intent.get("metadata") or {}
-        result = ChargeResult(STRIPE_STATES[event.type], str(intent.get("id", "")),  # type: ignore[arg-type]
+        state = STRIPE_STATES[event.type]
+        if state == "failed" and error.get("code") == "authentication_required":
+            state = "requires_action"     # off-session 3-D Secure: still confirmable by the customer (Stripe's
+            #                               payment_failed for it); it stays the live attempt until cancelled
+        result = ChargeResult(state, str(intent.get("id", "")),  # type: ignore[arg-type]
                               error.get("decline_code") or error.get("code"), error.get("message"))
-        return str(intent.get("id", "")), result, metadata.get("attempt"), metadata.get("account")
+        return str(intent.get("id", "")), result, metadata.get("attempt"), metadata.get("account"), None
     if event.provider == "paypal" and event.type in PAYPAL_STATES:
         resource = payload.get("resource", {})
-        order = (resource.get("supplementary_data", {}).get("related_ids", {}).get("order_id")
-                 or resource.get("id", ""))
-        return str(order), ChargeResult(PAYPAL_STATES[event.type], str(order)), None, None  # type: ignore[arg-type]
+        capture = str(resource.get("id") or "")
+        order = resource.get("supplementary_data", {}).get("related_ids", {}).get("order_id")
+        state = PAYPAL_STATES[event.type]
+        return (capture, ChargeResult(state, capture), None, None,  # type: ignore[arg-type]
+                None if not order else str(order))
     return None
 
 
@@ -79,8 +87,10 @@ def apply(sessions: sessionmaker[Session], event_id: int, payments: PaymentServi
             return event.state if event is not None else "missing"
         update = _update(event)
     state = "ignored"
-    if update is not None and update[0] and payments.apply_provider_update(
-            "stripe" if event.provider == "stripe" else "paypal", update[0], update[1], update[2], update[3]):
+    provider = "stripe" if event.provider == "stripe" else "paypal"
+    if update is not None and update[0] and (
+            payments.apply_provider_update(provider, update[0], update[1], update[2], update[3])
+            or (update[4] is not None and payments.apply_provider_update(provider, update[4], update[1]))):
         state = "applied"
     with sessions.begin() as session:
         row = session.get(ProviderEvent, event_id, with_for_update=True)

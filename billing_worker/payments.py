@@ -1,9 +1,15 @@
-"""Payments in the worker role: apply provider webhook events, charge newly issued invoices, run dunning.
+"""Payments in the worker role: apply provider webhook events, settle what the providers left unanswered, charge
+newly issued invoices, run dunning.
 
 `services(store)` builds the PaymentService and the Dunner; the providers are configured by the environment:
-Stripe with STRIPE_SECRET_KEY, PayPal with PAYPAL_CLIENT_ID / PAYPAL_CLIENT_SECRET, bank transfer always.
-`PaymentsScheduler` runs a round every minute; `process_provider_event` (actors) applies one event as soon as
-the webhook endpoint recorded it.
+Stripe with STRIPE_SECRET_KEY, PayPal with PAYPAL_CLIENT_ID / PAYPAL_CLIENT_SECRET, bank transfer always
+(billing.payments.settings: AIHUB_PAYMENT_ACTION_URL). `PaymentsScheduler` runs a round every minute;
+`process_provider_event` (actors) applies one event as soon as the webhook endpoint recorded it.
+
+A round (`payments_round`): the recorded events the actor missed; attempts left processing or requires_action
+and refunds left pending for 10 minutes, settled by asking the provider (billing.payments.reconcile: Stripe by
+id or metadata, PayPal by polling the capture or order); collection; the dunning schedule. Returns the counts of
+each step.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from billing.dunning import Dunner
 from billing.payments.bank_transfer import BankTransferProvider
 from billing.payments.provider import PaymentProvider
 from billing.payments.service import PaymentService
+from billing.payments.settings import PaymentSettings
 from billing.provider_events import apply, pending
 from billing.settings import Settings as BillingSettings
 from billing.store import Store
@@ -43,7 +50,7 @@ def services(store: Store, environ: Mapping[str, str] | None = None,
     invoicer = invoicer_for(store, environ)
     payments = PaymentService(store.accounts.sessions, invoicer,
                               provider_map if provider_map is not None else providers(environ),
-                              clock=store.accounts.clock)
+                              clock=store.accounts.clock, action_url=PaymentSettings.from_env(environ).action_url)
     dunner = Dunner(store.accounts.sessions, payments, store.accounts, store.accounts.catalog,
                     BillingSettings.from_env(environ).dunning_retry_days, clock=store.accounts.clock)
     payments.on_paid.append(dunner.settled)          # a payment lifts a dunning restriction at once
@@ -52,8 +59,8 @@ def services(store: Store, environ: Mapping[str, str] | None = None,
 
 def payments_round(store: Store, payments: PaymentService, dunner: Dunner) -> dict[str, Any]:
     applied = [apply(store.accounts.sessions, event_id, payments) for event_id in pending(store.accounts.sessions)]
-    return {"events": len(applied), "reconciled": payments.reconcile(), "collected": dunner.collect(),
-            "dunning": dunner.run()}
+    return {"events": len(applied), "reconciled": payments.reconcile(), "refunds": payments.reconcile_refunds(),
+            "collected": dunner.collect(), "dunning": dunner.run()}
 
 
 class PaymentsScheduler(StoreThread):

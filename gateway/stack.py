@@ -42,7 +42,8 @@ def seed_demo(accounts: AccountService) -> list[tuple[str, str, str | None]]:
         if accounts.exists(account_id):
             seeded.append((account_id, plan, None))
             continue
-        accounts.create_account(name, plan, account_id=account_id, actor="make-up")
+        # the paid demo accounts pay by bank transfer: a paid plan needs a payment method (billing.accounts)
+        accounts.create_account(name, plan, account_id=account_id, bank_transfer=plan != "free", actor="make-up")
         issued, _ = accounts.issue_key(account_id, "make-up", actor="make-up")
         seeded.append((account_id, plan, issued.api_key))
     return seeded

@@ -64,7 +64,8 @@ def test_admin_cli_uses_the_running_stack_and_says_which_redis(
     monkeypatch.delenv("AIHUB_ENV_FILE", raising=False)
     monkeypatch.setenv("AIHUB_VAR_DIR", str(tmp_path))
     write_runtime(runtime_path(tmp_path), runtime(redis_url))
-    assert main(["create-account", "--name", "Found", "--plan", "pro", "--id", "found", "--json"]) == 0
+    assert main(["create-account", "--name", "Found", "--plan", "pro", "--id", "found", "--bank-transfer",
+                 "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["account"] == "found"
     assert f"using Redis {redis_url} (the running `make up`, pid {os.getpid()}" in captured.err

@@ -62,6 +62,7 @@ class NewAccount(Strict):
     currency: Annotated[str | None, Field(pattern=r"^[A-Za-z]{3}$")] = None
     language: Literal["en", "zh"] = "en"
     owner_email: Annotated[str | None, Field(max_length=320)] = None
+    bank_transfer: bool = False       # the account pays by bank transfer (a paid plan needs a payment method)
 
 
 class CreatedAccount(BaseModel):
@@ -89,7 +90,7 @@ def create_account(body: NewAccount, request: Request, ctx: Ctx, caller: AuthCal
         change = ctx.accounts.create_account(body.name, body.plan, account_id=body.id, country=body.country,
                                              region=body.region, billing_email=body.billing_email,
                                              tax_id=body.tax_id, currency=body.currency, language=body.language,
-                                             actor=caller.actor)
+                                             bank_transfer=body.bank_transfer, actor=caller.actor)
         owner = None
         if body.owner_email:
             owner = ctx.members.add_member(change.account["id"], body.owner_email, "owner", actor=caller.actor)

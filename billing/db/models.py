@@ -304,6 +304,10 @@ class Payment(Base):
     idempotency_key: Mapped[str] = mapped_column(String(128))              # invoice-<number>-attempt-<n>
     created_at: Mapped[datetime] = mapped_column(UTC_TIME)
     updated_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    # requires_action (migration 0008): what the customer needs to finish the payment on-session; the
+    # PaymentIntent's client secret is encrypted at rest and dropped once the attempt settles.
+    client_secret: Mapped[str | None] = mapped_column(EncryptedString(255))        # encrypted at rest
+    action_url: Mapped[str | None] = mapped_column(String(2000))          # provider's or our confirmation page
 
 
 # The "at most one live payment per invoice" guard (a partial unique index, on PostgreSQL and SQLite alike).
@@ -347,6 +351,8 @@ class Refund(Base):
     idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
     failure_message: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTC_TIME)
+    reason: Mapped[str | None] = mapped_column(String(300))   # for its credit note (migration 0008)
+    actor: Mapped[str | None] = mapped_column(String(64))     # who asked for it (migration 0008)
 
 
 __all__ += ["LIVE_PAYMENT_STATES", "PAYMENT_PROVIDERS", "PAYMENT_STATES", "CreditNote", "CreditNoteCounter",

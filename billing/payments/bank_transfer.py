@@ -14,6 +14,11 @@ from billing.payments.provider import ChargeResult, MethodDetails, RefundResult
 REFERENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/\-]{0,127}$")
 
 
+def method_id(account_id: str) -> str:
+    """The provider_method_id of an account's bank-transfer payment method."""
+    return f"bank:{account_id}"
+
+
 def check_reference(reference: str) -> str:
     """A bank reference: 1-128 letters, digits, spaces and . _ : / -; InvalidInput (bad_reference) otherwise."""
     reference = reference.strip()
@@ -32,7 +37,7 @@ class BankTransferProvider:
         return f"bank:{account['id']}"
 
     def attach_payment_method(self, customer: str, payment_method: str) -> MethodDetails:
-        return MethodDetails(provider_method_id=f"{customer}:transfer")
+        return MethodDetails(provider_method_id=f"{customer}:transfer")  # not used: no method is attached
 
     def charge(self, invoice: Mapping[str, Any], customer: str, payment_method: str,
                idempotency_key: str) -> ChargeResult:

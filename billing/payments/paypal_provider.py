@@ -26,11 +26,21 @@ in tests) and `PAYPAL_WEBHOOK_ID` (the id of the webhook PayPal signs our notifi
   `POST /v2/checkout/orders/{id}/capture` (request id `<key>:capture`). Capture COMPLETED → succeeded,
   PENDING → processing, DECLINED/FAILED → failed; a 422 (e.g. INSTRUMENT_DECLINED, TRANSACTION_REFUSED,
   DUPLICATE_INVOICE_ID) → failed with `failure_code` = the issue in lower case (`instrument_declined`);
-  PAYER_ACTION_REQUIRED → requires_action. The result's `provider_id` is the capture id when there is a capture
-  (what a refund needs), else the order id. No answer, 429 or 5xx → ProviderUnavailable.
+  PAYER_ACTION_REQUIRED → requires_action, with the order's `payer-action` link (where the payer approves it) as
+  `action_url` when PayPal made an order. The result's `provider_id` is the capture id when there is a capture
+  (what a refund needs), else the order id. No answer, 429 or 5xx → ProviderUnavailable. `replays_charges`:
+  the same request id is answered with the first outcome, so an attempt whose answer was lost is sent again.
+- `find_attempt(customer, key, id)`: polls an attempt we have an id for: `GET /v2/payments/captures/{id}`
+  (COMPLETED, PARTIALLY_REFUNDED, REFUNDED → succeeded; PENDING → processing; DECLINED, FAILED → failed), or,
+  for an order id, `GET /v2/checkout/orders/{id}` (an APPROVED order is captured with `<key>:capture`, as
+  `charge` does); None when PayPal knows neither.
+- `cancel(order id)`: PayPal has no call that cancels a CAPTURE order, and an order is never captured without
+  our capture call (it expires): a `requires_action` order is abandoned (`failed`) unless `GET` shows it
+  captured already (then its capture's state).
 - `refund`: `GET` the capture (its currency), then `POST /v2/payments/captures/{id}/refund` with the amount and
-  `PayPal-Request-Id` = our key. A refusal (REFUND_AMOUNT_EXCEEDED, CAPTURE_FULLY_REFUNDED, ...) is a `failed`
-  result naming the issue.
+  `PayPal-Request-Id` = our key (sent again with the same key, it is answered with the first refund: how a
+  refund whose answer was lost is settled). A refusal (REFUND_AMOUNT_EXCEEDED, CAPTURE_FULLY_REFUNDED, ...) is a
+  `failed` result naming the issue.
 - `verify_webhook(headers, body, webhook_id)`: True only when PayPal answers verification_status SUCCESS;
   missing transmission headers or a body that is not a JSON object → False without a call; PayPal unreachable
   → ProviderUnavailable (the endpoint answers 5xx and PayPal delivers again).
@@ -154,6 +164,7 @@ def _short(text: str, limit: int = 200) -> str:
 
 class PayPalProvider:
     name = "paypal"
+    replays_charges = True        # PayPal-Request-Id: the same attempt sent again gets its first outcome
 
     def __init__(self, settings: PayPalSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
@@ -261,7 +272,10 @@ class PayPalProvider:
         answer = self._call("POST", "/v2/checkout/orders", body, request_id=idempotency_key)
         if answer.status not in (200, 201):
             return self._refused(answer, None)
-        order = answer.body
+        return self._order_result(answer.body, idempotency_key)
+
+    def _order_result(self, order: JSON, idempotency_key: str) -> ChargeResult:
+        """An order of ours as the attempt's result: an approved order is captured first (`<key>:capture`)."""
         order_id = str(order.get("id") or "") or None
         status = order.get("status")
         if status in ("APPROVED", "CREATED", "SAVED") and order_id is not None:
@@ -273,22 +287,44 @@ class PayPalProvider:
             status = order.get("status")
         if status == "PAYER_ACTION_REQUIRED":
             return ChargeResult("requires_action", order_id, "payer_action_required",
-                                "The payer must approve this payment on PayPal.")
+                                "The payer must approve this payment on PayPal.",
+                                action_url=_payer_action(order))
+        if status == "VOIDED":
+            return ChargeResult("failed", order_id, "voided", "PayPal voided the order.")
         capture = _first_capture(order)
         if capture is None:
             return ChargeResult("processing" if status == "COMPLETED" else "failed", order_id,
                                 None if status == "COMPLETED" else str(status or "unknown").lower(),
                                 None if status == "COMPLETED" else f"PayPal left the order {status}.")
-        capture_id = str(capture.get("id") or "") or order_id
-        capture_status = str(capture.get("status") or "")
-        if capture_status == "COMPLETED":
-            return ChargeResult("succeeded", capture_id)
-        if capture_status == "PENDING":
-            reason = _reason(capture)
-            return ChargeResult("processing", capture_id, None if reason is None else reason.lower(),
-                                None if reason is None else f"PayPal holds the capture: {reason}.")
-        reason = _reason(capture) or capture_status or "declined"
-        return ChargeResult("failed", capture_id, reason.lower(), f"PayPal {capture_status.lower()} the capture.")
+        return _capture_result(capture, order_id)
+
+    def find_attempt(self, customer: str, idempotency_key: str,
+                     provider_payment_id: str | None = None) -> ChargeResult | None:
+        """Polls PayPal for an attempt: its capture, else its order (module docstring). Without an id PayPal cannot
+        be asked (the service sends the attempt again: `replays_charges`), so the attempt stays `processing`."""
+        if not provider_payment_id:
+            return ChargeResult("processing")
+        quoted = urllib.parse.quote(provider_payment_id, safe="")
+        found = self._call("GET", f"/v2/payments/captures/{quoted}")
+        if found.status == 200:
+            return _capture_result(found.body, provider_payment_id)
+        order = self._call("GET", f"/v2/checkout/orders/{quoted}")
+        if order.status == 200:
+            return self._order_result(order.body, idempotency_key)
+        if found.status == 404 and order.status == 404:
+            return None
+        raise ProviderUnavailable(f"PayPal answered HTTP {order.status} when asked about {provider_payment_id}.")
+
+    def cancel(self, provider_payment_id: str) -> ChargeResult:
+        """Abandons an order awaiting the payer (module docstring); its capture's state if it was captured."""
+        answer = self._call("GET", f"/v2/checkout/orders/{urllib.parse.quote(provider_payment_id, safe='')}")
+        capture = _first_capture(answer.body) if answer.status == 200 else None
+        if capture is not None:
+            return _capture_result(capture, provider_payment_id)
+        if answer.status not in (200, 404):
+            raise ProviderUnavailable(f"PayPal answered HTTP {answer.status} about order {provider_payment_id}.")
+        return ChargeResult("failed", provider_payment_id, "canceled",
+                            "Not approved by the payer; abandoned for a new attempt (never captured).")
 
     @staticmethod
     def _refused(answer: _Answer, order_id: str | None) -> ChargeResult:
@@ -351,6 +387,28 @@ def _first_capture(order: Mapping[str, Any]) -> Mapping[str, Any] | None:
     captures = payments.get("captures") if isinstance(payments, dict) else None
     if isinstance(captures, list) and captures and isinstance(captures[0], dict):
         return captures[0]
+    return None
+
+
+def _capture_result(capture: Mapping[str, Any], order_id: str | None) -> ChargeResult:
+    capture_id = str(capture.get("id") or "") or order_id
+    capture_status = str(capture.get("status") or "")
+    if capture_status in ("COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"):
+        return ChargeResult("succeeded", capture_id)
+    if capture_status == "PENDING":
+        reason = _reason(capture)
+        return ChargeResult("processing", capture_id, None if reason is None else reason.lower(),
+                            None if reason is None else f"PayPal holds the capture: {reason}.")
+    reason = _reason(capture) or capture_status or "declined"
+    return ChargeResult("failed", capture_id, reason.lower(), f"PayPal {capture_status.lower()} the capture.")
+
+
+def _payer_action(order: Mapping[str, Any]) -> str | None:
+    """The order's `payer-action` link: the PayPal page where the payer approves it."""
+    links = order.get("links")
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("rel") == "payer-action" and isinstance(link.get("href"), str):
+            return str(link["href"])
     return None
 
 

@@ -26,6 +26,9 @@ Wire contract (shapes as in PayPal's API reference; ids are 17 upper-case letter
   REFUNDED.
 - `GET /v2/checkout/orders/{id}`, `/v2/payments/captures/{id}`, `/v2/payments/refunds/{id}`,
   `/v3/vault/payment-tokens/{id}`, `/v1/notifications/webhooks-events/{id}`; unknown → 404 RESOURCE_NOT_FOUND.
+  A capture read on its own (GET, webhook resources) carries `supplementary_data.related_ids.order_id`, as
+  PayPal's does. A PENDING capture clears with `complete_pending()` (COMPLETED) or `decline_pending()` (DECLINED),
+  each sending its webhook event; polling the capture shows the new status.
 - `Prefer: return=representation` gives the full resource on POSTs; the default is PayPal's minimal
   {id, status, links}.
 - `PayPal-Request-Id` on a POST: a repeat with the same id (same method and path) gets the first answer again,

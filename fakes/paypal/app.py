@@ -556,7 +556,7 @@ class PayPalApp:
             if invoice_id is not None:
                 self.paid_invoice_ids.add(invoice_id)
         event_type = "PAYMENT.CAPTURE.PENDING" if token.pending else "PAYMENT.CAPTURE.COMPLETED"
-        self.emit(event_type, "capture", capture)
+        self.emit(event_type, "capture", self._capture_resource(capture_id))
 
     async def _get_order(self, request: web.Request) -> web.Response:
         with self.lock:
@@ -582,12 +582,19 @@ class PayPalApp:
         return json_response(self._public_order(order, self._prefer_minimal(request)), 201)
 
     # -- captures and refunds ----------------------------------------------------------------------------------
+    def _capture_resource(self, capture_id: str) -> JSON:
+        """A capture as Payments v2 shows it (GET, webhooks): with supplementary_data.related_ids.order_id, which
+        the order's embedded copy does not carry."""
+        with self.lock:
+            capture = self.captures[capture_id]
+            return {**capture.body, "supplementary_data": {"related_ids": {"order_id": capture.order_id}}}
+
     async def _get_capture(self, request: web.Request) -> web.Response:
         with self.lock:
             capture = self.captures.get(request.match_info["id"])
         if capture is None:
             raise not_found("payments/v2")
-        return json_response(capture.body)
+        return json_response(self._capture_resource(capture.body["id"]))
 
     async def _refund_capture(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -644,15 +651,25 @@ class PayPalApp:
 
     def complete_pending(self, capture_id: str) -> JSON:
         """A PENDING capture clears: COMPLETED, PAYMENT.CAPTURE.COMPLETED sent."""
+        return self._settle_pending(capture_id, "COMPLETED", "PAYMENT.CAPTURE.COMPLETED")
+
+    def decline_pending(self, capture_id: str) -> JSON:
+        """A PENDING capture is refused after review: DECLINED, PAYMENT.CAPTURE.DECLINED sent (the invoice id
+        may be paid again)."""
+        return self._settle_pending(capture_id, "DECLINED", "PAYMENT.CAPTURE.DECLINED")
+
+    def _settle_pending(self, capture_id: str, status: str, event_type: str) -> JSON:
         with self.lock:
             capture = self.captures[capture_id]
             if capture.body["status"] != "PENDING":
                 raise ValueError(f"capture {capture_id} is {capture.body['status']}, not PENDING")
-            capture.body["status"] = "COMPLETED"
+            capture.body["status"] = status
             capture.body.pop("status_details", None)
             capture.body["update_time"] = now_iso()
-            body = dict(capture.body)
-        self.emit("PAYMENT.CAPTURE.COMPLETED", "capture", body)
+            if status == "DECLINED":
+                self.paid_invoice_ids.discard(capture.body.get("invoice_id"))
+            body = self._capture_resource(capture_id)
+        self.emit(event_type, "capture", body)
         return body
 
     # -- webhooks ----------------------------------------------------------------------------------------------

@@ -61,7 +61,12 @@ class FakePayPal:
             self.app.access_tokens.clear()
 
     def complete_pending(self, capture_id: str) -> dict[str, Any]:
+        """A PENDING capture clears (COMPLETED; PAYMENT.CAPTURE.COMPLETED sent to the subscribed webhooks)."""
         return self.app.complete_pending(capture_id)
+
+    def decline_pending(self, capture_id: str) -> dict[str, Any]:
+        """A PENDING capture is refused after review (DECLINED; PAYMENT.CAPTURE.DECLINED sent)."""
+        return self.app.decline_pending(capture_id)
 
     def send_event(self, event_type: str, resource_type: str, resource: dict[str, Any]) -> dict[str, Any]:
         """Sends an event of any type to the subscribed webhooks; returns the event."""

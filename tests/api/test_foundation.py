@@ -139,3 +139,12 @@ def test_openapi_document_and_docs_page(client: TestClient) -> None:
     assert "ErrorResponse" in doc["components"]["schemas"]
     page = client.get("/api/docs")
     assert page.status_code == 200 and "openapi.json" in page.text
+
+
+def test_a_paid_account_needs_bank_transfer_or_a_method(client: TestClient, ctx: object) -> None:
+    ctx.accounts.require_payment_method = True  # type: ignore[attr-defined]
+    refused = client.post("/api/v1/accounts", headers=operator(), json={"name": "P", "plan": "pro", "id": "paid1"})
+    assert refused.status_code == 400 and error_code(refused) == "payment_method_required"
+    made = client.post("/api/v1/accounts", headers=operator(),
+                       json={"name": "P", "plan": "pro", "id": "paid2", "bank_transfer": True})
+    assert made.status_code == 201 and made.json()["account"]["subscription"]["plan"] == "pro"

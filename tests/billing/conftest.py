@@ -6,16 +6,21 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 import stripe
+import uvicorn
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
 
+from api.webhooks import Webhooks
 from billing.accounts import AccountService
 from billing.db.engine import make_engine, sessions
 from billing.db.migrate import migrate
@@ -24,8 +29,10 @@ from billing.payments.bank_transfer import BankTransferProvider
 from billing.payments.service import PaymentService
 from billing.payments.stripe_provider import StripeProvider, StripeSettings
 from billing.projection import Projector
+from billing.provider_events import apply
 from billing.tax import load_tax_table
 from gateway.catalog import Catalog
+from gateway.redis_server import free_port
 from gateway.settings import ROOT
 from tests.quota.conftest import PinnedClock
 
@@ -124,3 +131,34 @@ def payments(db: sessionmaker[Session], invoicer: Invoicer, service: AccountServ
                                          "bank_transfer": BankTransferProvider()}, clock=service.clock)
 
 
+# -- provider webhooks: the endpoint served by uvicorn in a thread, events applied when handed off ---------------
+class ApiThread:
+    def __init__(self, app: Starlette) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ApiThread:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def webhook_api(db: sessionmaker[Session], payments: PaymentService) -> Iterator[tuple[ApiThread, list[str]]]:
+    applied: list[str] = []
+
+    class Store:
+        class accounts:
+            sessions = db
+
+    hooks = Webhooks(lambda: Store, enqueue=lambda event_id: applied.append(apply(db, event_id, payments)),
+                     stripe_secret="whsec_test_secret")
+    with ApiThread(Starlette(routes=hooks.routes())) as api:
+        yield api, applied

@@ -7,15 +7,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 import stripe
-import uvicorn
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -29,8 +26,7 @@ from billing.invoicing import Invoicer
 from billing.payments.service import PaymentService
 from billing.provider_events import apply
 from gateway.keys import AccountKeys
-from gateway.redis_server import free_port
-from tests.billing.conftest import KEY
+from tests.billing.conftest import KEY, ApiThread
 from tests.billing.test_payments_stripe import CHARGE_FAILS, VISA, card, open_invoice
 from tests.quota.conftest import PinnedClock
 
@@ -55,15 +51,15 @@ def test_dunning_retries_suspends_and_restores(payments: PaymentService, service
     account, number = open_invoice(service, invoicer)
     payments.add_payment_method(account, card(stripe_client, CHARGE_FAILS))
     dunner = Dunner(db, payments, service, catalog, (1, 3, 5, 7), clock=clock)
-    assert dunner.collect() == {"charged": 0, "failed": 1}
-    assert dunner.collect() == {"charged": 0, "failed": 0}                 # charged once: dunning from here on
+    assert dunner.collect() == {"charged": 0, "failed": 1, "overdue": 0}
+    assert dunner.collect() == {"charged": 0, "failed": 0, "overdue": 0}   # charged once: dunning from here on
     started = clock()
     for day, retried in ((0.5, 0), (1, 1), (2, 0), (3, 1), (5, 1)):
         clock.now = started + day * DAY
         assert dunner.run()["retried"] == retried, day
     assert plan_in_redis(r, account) == "pro"
     clock.now = started + 7 * DAY
-    assert dunner.run() == {"recovered": 0, "retried": 0, "exhausted": 1}
+    assert dunner.run() == {"recovered": 0, "retried": 0, "reminded": 0, "exhausted": 1}
     assert plan_in_redis(r, account) == "free"                              # Pro's consequence: free limits
     assert service.get_account(account)["subscription"]["plan"] == "pro"   # the subscription itself is kept
     assert kinds(db, account) == [f"payment_failed:{number}:{n}" for n in range(5)]
@@ -94,7 +90,7 @@ def test_a_retry_that_succeeds_restores_nothing_it_did_not_take(payments: Paymen
     dunner.collect()
     payments.add_payment_method(account, card(stripe_client, VISA))
     clock.now += DAY
-    assert dunner.run() == {"recovered": 1, "retried": 0, "exhausted": 0}
+    assert dunner.run() == {"recovered": 1, "retried": 0, "reminded": 0, "exhausted": 0}
     assert invoicer.get(number)["status"] == "paid"
 
 
@@ -126,38 +122,6 @@ def test_an_upgrade_to_a_paid_plan_needs_a_payment_method(payments: PaymentServi
 
 
 # -- provider webhooks ---------------------------------------------------------------------------------------------
-
-class ApiThread:
-    def __init__(self, app: Starlette) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ApiThread:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-@pytest.fixture
-def webhook_api(db: sessionmaker[Session], payments: PaymentService) -> Iterator[tuple[ApiThread, list[str]]]:
-    applied: list[str] = []
-
-    class Store:
-        class accounts:
-            sessions = db
-
-    hooks = Webhooks(lambda: Store, enqueue=lambda event_id: applied.append(apply(db, event_id, payments)),
-                     stripe_secret="whsec_test_secret")
-    with ApiThread(Starlette(routes=hooks.routes())) as api:
-        yield api, applied
-
 
 def post(url: str, body: bytes, signature: str | None) -> tuple[int, dict[str, Any]]:
     import urllib.error
@@ -294,7 +258,7 @@ def test_a_failed_manual_charge_enters_dunning_and_a_payment_restores_at_once(
     dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
     payments.on_paid.append(dunner.settled)
     assert payments.charge_invoice(number)["state"] == "failed"          # `aihub invoice pay`, declined
-    assert dunner.collect() == {"charged": 0, "failed": 1}              # it enters dunning all the same
+    assert dunner.collect() == {"charged": 0, "failed": 1, "overdue": 0}   # it enters dunning all the same
     clock.now += DAY
     assert dunner.run()["exhausted"] == 1 and plan_in_redis(r, account) == "free"
     payments.add_payment_method(account, card(stripe_client, VISA))
@@ -325,3 +289,63 @@ def test_an_attempt_whose_answer_was_lost_is_settled_by_asking_stripe(
     assert dunner.collect()["failed"] == 1                           # collection goes on through dunning
     clock.now += DAY
     assert dunner.run()["recovered"] == 1 and invoicer.get(lost_number)["status"] == "paid"
+
+
+# -- bank transfer -------------------------------------------------------------------------------------------------
+
+def test_bank_transfer_overdue_invoices_are_reminded_then_suspended(
+        payments: PaymentService, service: AccountService, invoicer: Invoicer, db: sessionmaker[Session],
+        r: redis.Redis, catalog: Any) -> None:
+    from billing.notifications import render_email
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    account, number = open_invoice(service, invoicer)
+    payments.enable_bank_transfer(account)
+    dunner = Dunner(db, payments, service, catalog, (1, 3, 5, 7), clock=clock)
+    payments.on_paid.append(dunner.settled)
+    assert dunner.collect() == {"charged": 0, "failed": 0, "overdue": 0}    # not due yet: nothing to remind
+    due = invoicer.get(number)["due_at"]
+    clock.set(due.removesuffix("Z"))
+    clock.advance(3600)
+    assert dunner.collect() == {"charged": 0, "failed": 0, "overdue": 1}
+    assert dunner.collect() == {"charged": 0, "failed": 0, "overdue": 0}    # once
+    started = clock()
+    for day, reminded in ((0.5, 0), (1, 1), (2, 0), (3, 1), (5, 1)):
+        clock.now = started + day * DAY
+        assert dunner.run()["reminded"] == reminded, day
+    assert plan_in_redis(r, account) == "pro"
+    clock.now = started + 7 * DAY
+    assert dunner.run() == {"recovered": 0, "retried": 0, "reminded": 0, "exhausted": 1}
+    assert plan_in_redis(r, account) == "free"                              # the same consequence as a card's
+    assert kinds(db, account) == [f"payment_reminder:{number}:{n}" for n in range(5)]
+    with db() as session:
+        assert session.scalars(select(Payment)).all() == []                 # never a charge attempt
+        reminders = list(session.scalars(select(Notification).where(Notification.account_id == account)
+                                         .order_by(Notification.id)))
+    subject, body = render_email("payment_reminder", reminders[0].payload, "en", "Payer")
+    assert number in subject and f"reference {number}" in body and due[:10] in body and "USD 29.00" in body
+    assert "again on" in reminders[0].payload["next"]
+    assert "last reminder" in reminders[-1].payload["next"] and "free plan" in reminders[-1].payload["next"]
+
+    payments.mark_paid_by_bank_transfer(number, "SEPA-2026-12-24")          # the transfer arrives
+    assert plan_in_redis(r, account) == "pro"                               # restored at once
+    assert kinds(db, account)[-1] == f"payment_recovered:{number}"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_bank_transfer_enterprise_debts_become_uncollectible(
+        payments: PaymentService, service: AccountService, invoicer: Invoicer, db: sessionmaker[Session],
+        r: redis.Redis, catalog: Any) -> None:
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    account, number = open_invoice(service, invoicer)
+    service.set_plan(account, "enterprise")
+    payments.enable_bank_transfer(account)
+    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
+    clock.set(invoicer.get(number)["due_at"].removesuffix("Z"))
+    assert dunner.collect()["overdue"] == 1
+    clock.now += DAY
+    assert dunner.run()["exhausted"] == 1
+    assert invoicer.get(number)["status"] == "uncollectible" and plan_in_redis(r, account) == "enterprise"
+    payments.mark_paid_by_bank_transfer(number, "LATE-1")
+    assert invoicer.get(number)["status"] == "paid"

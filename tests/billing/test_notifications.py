@@ -343,7 +343,7 @@ def test_cli_set_webhook_and_history(redis_url: str, monkeypatch: pytest.MonkeyP
     from gateway.cli import main
     monkeypatch.setenv("REDIS_URL", redis_url)
     assert main(["create-account", "--name", "Cli", "--plan", "pro", "--email", "cli@example.com", "--id",
-                 "cliacct", "--json"]) == 0
+                 "cliacct", "--bank-transfer", "--json"]) == 0
     capsys.readouterr()
     assert main(["set-webhook", "cliacct", receiver.url, "--json"]) == 0
     captured = capsys.readouterr()

@@ -147,15 +147,19 @@ def test_decline_then_retry_with_a_new_card(payments: PaymentService, service: A
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_authentication_required_holds_the_invoice(payments: PaymentService, service: AccountService,
-                                                   invoicer: Invoicer, stripe_client: stripe.StripeClient) -> None:
+def test_authentication_required_does_not_block_the_next_attempt(payments: PaymentService, service: AccountService,
+                                                                 invoicer: Invoicer,
+                                                                 stripe_client: stripe.StripeClient) -> None:
     account, number = open_invoice(service, invoicer)
     payments.add_payment_method(account, card(stripe_client, NEEDS_3DS))
     payment = payments.charge_invoice(number)
     assert (payment["state"], payment["failure_code"]) == ("requires_action", "authentication_required")
     assert invoicer.get(number)["status"] == "open"
-    # The intent may still succeed when the customer authenticates: no second charge starts meanwhile.
-    assert payments.charge_invoice(number)["id"] == payment["id"]
+    # The next charge cancels the intent awaiting the customer (so it can never be paid too) and tries again.
+    again = payments.charge_invoice(number)
+    assert (again["attempt"], again["state"]) == (2, "requires_action")
+    assert stripe_client.v1.payment_intents.retrieve(payment["provider_payment_id"]).status == "canceled"
+    assert [a["state"] for a in payments.attempts(number)] == ["failed", "requires_action"]
 
 
 def test_no_payment_method_is_refused(payments: PaymentService, service: AccountService,

@@ -166,7 +166,7 @@ def test_cli_report_revenue(redis_url: str, database_url: str, monkeypatch: pyte
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("DATABASE_URL", database_url)
     store = open_accounts(clock=PinnedClock("2026-09-20T10:00:00"))
-    store.accounts.create_account("Paying", "pro", country="JP", account_id="paying1")
+    store.accounts.create_account("Paying", "pro", country="JP", account_id="paying1", bank_transfer=True)
     store.accounts.create_account("Free", "free", country="JP", account_id="free1")
     store.close()
     assert main(["report", "revenue", "--from", "2026-09", "--to", "2026-10", "--json"]) == 0

@@ -28,7 +28,7 @@ def test_close_period_issues_invoices_from_clickhouse_usage(
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("CLICKHOUSE_URL", settings.clickhouse_url)
     store = open_accounts(clock=PinnedClock("2026-09-20T10:00:00"))
-    account = store.accounts.create_account("Heavy", "pro", country="JP").account["id"]
+    account = store.accounts.create_account("Heavy", "pro", country="JP", bank_transfer=True).account["id"]
     store.accounts.set_overage(account, True)
     store.close()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -80,8 +80,11 @@ def test_close_period_issues_invoices_from_clickhouse_usage(
     assert main(["invoice", "refund", number, "--amount-minor", "99999"]) == 2            # more than was paid
     assert "refund" in capsys.readouterr().err.lower()
     assert main(["payments", account, "--json"]) == 0
-    [payment] = json.loads(capsys.readouterr().out)
+    statement = json.loads(capsys.readouterr().out)
+    [payment], [refunded], [note] = statement["payments"], statement["refunds"], statement["credit_notes"]
     assert (payment["provider"], payment["state"]) == ("bank_transfer", "partially_refunded")
+    assert (refunded["amount_minor"], refunded["credit_note"], note["reason"]) == (40, note["number"],
+                                                                                 "overage waived")
     assert main(["invoice", "set-status", number, "void"]) == 2                           # a paid invoice stays
     capsys.readouterr()
     assert main(["audit-log", "--json"]) == 0

@@ -243,7 +243,8 @@ def test_aihub_resync_counters_restores_keys_and_used_calls_after_a_flush(
     from gateway.cli import main
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("CLICKHOUSE_URL", settings.clickhouse_url)
-    assert main(["create-account", "--name", "Flushed", "--plan", "pro", "--id", "flushed", "--json"]) == 0
+    assert main(["create-account", "--name", "Flushed", "--plan", "pro", "--id", "flushed", "--bank-transfer",
+                 "--json"]) == 0
     created = json.loads(capsys.readouterr().out)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     now_s = time.time()

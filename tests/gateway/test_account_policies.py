@@ -43,7 +43,7 @@ def test_cli_reports_the_refusals(redis_url: str, monkeypatch: pytest.MonkeyPatc
                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
     assert main(["create-account", "--name", "Tiny", "--plan", "free", "--id", "tiny"]) == 0
-    assert main(["create-account", "--name", "Big", "--plan", "enterprise", "--id", "bigco"]) == 0
+    assert main(["create-account", "--name", "Big", "--plan", "enterprise", "--id", "bigco", "--bank-transfer"]) == 0
     capsys.readouterr()
     assert main(["set-overage", "tiny", "on"]) == 2
     assert "Free plan has no pay-as-you-go overage" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def test_malformed_catalog_names_the_field(tmp_path: Path, mutation: tuple[str, 
 def test_cli_manages_accounts_keys_and_quotas(redis_url: str, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
-    assert main(["create-account", "--name", "Acme", "--plan", "pro", "--id", "acme", "--json"]) == 0
+    assert main(["create-account", "--name", "Acme", "--plan", "pro", "--id", "acme", "--bank-transfer", "--json"]) == 0
     created = json.loads(capsys.readouterr().out)
     client = redis.Redis.from_url(redis_url)
     stored = client.hgetall(AccountKeys("acme", 16).api_key(created["key_id"]))
@@ -110,7 +110,8 @@ def test_without_a_known_redis_admin_changes_are_saved_only(redis_url: str, monk
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """No REDIS_URL and no running `make up`: nothing is written to whatever listens on the default port."""
     monkeypatch.delenv("REDIS_URL", raising=False)
-    assert main(["create-account", "--name", "Offline", "--plan", "pro", "--id", "offline", "--json"]) == 0
+    assert main(["create-account", "--name", "Offline", "--plan", "pro", "--id", "offline", "--bank-transfer",
+                 "--json"]) == 0
     captured = capsys.readouterr()
     assert "no Redis updated" in captured.err and "saved in the database" in captured.err
     assert json.loads(captured.out)["account"] == "offline"
