@@ -1,7 +1,8 @@
 """Quota engine cost: admit, settle and admit+settle round trips against Redis PING from the same
 redis.asyncio client in the same run (uvloop), one at a time and with 50 concurrent tasks; the Redis-side
 cost of each script; then admits/s with 50 tasks, with the engine's same-tick pipelining (ScriptBatcher)
-and without it (max_batch=1: one EVALSHA per call).
+and without it (pipelined=False: one redis-py EVALSHA per call). The cluster version of this benchmark is
+test_bench_quota_cluster.py (it reuses `cycles`, `mode_round`, `rate` and `report`).
 
 Latency tails are sensitive to other jobs on the machine: each mode runs QUOTA_ROUNDS times and the round
 with the median admit/PING p99 ratio is shown (all the ratios are printed too).
@@ -13,7 +14,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +59,20 @@ def _rid() -> str:
     return "req_" + uuid.uuid4().hex
 
 
-async def _cycles(engine: QuotaEngine, key: ParsedKey, cycles: int, samples: Samples) -> None:
-    """admit, settle, then PING on the engine's own client; nanoseconds per step."""
+async def cycles(engine: QuotaEngine, keys: Sequence[ParsedKey], pings: Sequence[Step], count: int,
+                 samples: Samples, offset: int = 0) -> None:
+    """admit, settle, then PING (`pings[i]`: the server of `keys[i]`), keys taken in turn from `offset`;
+    nanoseconds per step."""
     model = engine.catalog.models[MODEL]
     clock = time.perf_counter_ns
-    for _ in range(cycles):
+    for n in range(offset, offset + count):
+        key, ping = keys[n % len(keys)], pings[n % len(pings)]
         t0 = clock()
         admission = await engine.admit(key, model, _rid(), True)
         t1 = clock()
         await engine.settle(admission, USAGE)
         t2 = clock()
-        await engine.client.ping()
+        await ping()
         t3 = clock()
         samples["admit"].append(t1 - t0)
         samples["settle"].append(t2 - t1)
@@ -76,21 +80,23 @@ async def _cycles(engine: QuotaEngine, key: ParsedKey, cycles: int, samples: Sam
         samples["PING"].append(t3 - t2)
 
 
-async def _mode(engine: QuotaEngine, key: ParsedKey, tasks: int) -> dict[str, list[float]]:
+async def mode_round(engine: QuotaEngine, keys: Sequence[ParsedKey], pings: Sequence[Step],
+                     tasks: int) -> dict[str, list[float]]:
     """One round: sorted milliseconds per operation."""
     samples: Samples = {name: [] for name in OPERATIONS}
     if tasks == 1:
-        await _cycles(engine, key, SEQUENTIAL_CYCLES, samples)
+        await cycles(engine, keys, pings, SEQUENTIAL_CYCLES, samples)
     else:
-        await asyncio.gather(*(_cycles(engine, key, CYCLES_PER_TASK, samples) for _ in range(tasks)))
+        await asyncio.gather(*(cycles(engine, keys, pings, CYCLES_PER_TASK, samples, offset=i)
+                               for i in range(tasks)))
     return {name: sorted(v / 1e6 for v in values) for name, values in samples.items()}
 
 
-def _p99_ratio(ms: dict[str, list[float]]) -> float:
+def p99_ratio(ms: dict[str, list[float]]) -> float:
     return percentile(ms["admit"], 99) / percentile(ms["PING"], 99)
 
 
-async def _rate(tasks: int, seconds: float, step: Step) -> float:
+async def rate(tasks: int, seconds: float, step: Step) -> float:
     """Calls of `step` per second with `tasks` concurrent tasks."""
     done = 0
     deadline = time.perf_counter() + seconds
@@ -136,26 +142,54 @@ async def _run(url: str, catalog_path: Path, spool_dir: Path, api_key: str) -> d
         return await client.ping()
 
     try:
-        await _cycles(engine, key, 200, {name: [] for name in OPERATIONS})   # warm-up, loads the scripts
+        await cycles(engine, [key], [ping], 200, {name: [] for name in OPERATIONS})   # warm-up, loads the scripts
         modes = {"sequential": 1, f"{TASKS} tasks": TASKS}
-        rounds = {mode: [await _mode(engine, key, tasks) for _ in range(QUOTA_ROUNDS)]
+        rounds = {mode: [await mode_round(engine, [key], [ping], tasks) for _ in range(QUOTA_ROUNDS)]
                   for mode, tasks in modes.items()}
         server = {"admit.lua": await _server_us(client, admit_kept, 1000),
                   "settle.lua": await _server_us(client, settle_kept, 1000)}
-        rates = {"admits/s, pipelined (ScriptBatcher)": await _rate(TASKS, THROUGHPUT_SECONDS, admit)}
+        rates = {"admits/s, pipelined (ScriptBatcher)": await rate(TASKS, THROUGHPUT_SECONDS, admit)}
         batcher = engine.batcher
         engine.batcher = ScriptBatcher(client, url, pipelined=False)   # one redis-py EVALSHA per call
         try:
-            rates["admits/s, one EVALSHA per call"] = await _rate(TASKS, THROUGHPUT_SECONDS, admit)
+            rates["admits/s, one EVALSHA per call"] = await rate(TASKS, THROUGHPUT_SECONDS, admit)
         finally:
             await engine.batcher.close()
             engine.batcher = batcher
-        rates["PINGs/s"] = await _rate(TASKS, THROUGHPUT_SECONDS, ping)
+        rates["PINGs/s"] = await rate(TASKS, THROUGHPUT_SECONDS, ping)
         return {"rounds": rounds, "server": server, "rates": rates}
     finally:
         await engine.close()
         engine.spool.close()
         await client.aclose()
+
+
+def report(found: dict[str, Any], title: str, target: float, coalesced: str, one_by_one: str) -> list[float]:
+    """Prints the median round of each mode, the rates and the ratios; returns the median rounds' ratios."""
+    rows: list[tuple[object, ...]] = []
+    ratios: list[tuple[str, str, str]] = []
+    medians: list[float] = []
+    for mode, rounds in found["rounds"].items():
+        by_ratio = sorted(rounds, key=p99_ratio)
+        shown = by_ratio[len(by_ratio) // 2]
+        rows += [(mode, name, percentile(ms, 50), percentile(ms, 99), len(ms)) for name, ms in shown.items()]
+        medians.append(p99_ratio(shown))
+        ratios.append((f"admit p99 / PING p99, {mode} (median round)", f"{medians[-1]:.2f}",
+                       f"<= {target}: {verdict(medians[-1] <= target)}"))
+        ratios.append((f"  all rounds, {mode}", ", ".join(f"{p99_ratio(r):.2f}" for r in rounds), ""))
+    rates = found["rates"]
+    ratios.append(("admits/s coalesced / one EVALSHA per call", f"{rates[coalesced] / rates[one_by_one]:.2f}",
+                   "> 1: coalescing helps"))
+    print(f"\n\n{title}")
+    print(table(["mode", "operation", "p50 ms", "p99 ms", "samples"], rows))
+    print()
+    print(table(["throughput, 50 tasks", "per second"], list(rates.items())))
+    if "server" in found:
+        print()
+        print(table(["script", "Redis CPU us/call"], list(found["server"].items())))
+    print()
+    print(table(["ratio", "value", "target"], ratios))
+    return medians
 
 
 @pytest.mark.benchmark
@@ -177,29 +211,8 @@ def test_quota_round_trips(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
         other = machine_busy_seconds() - machine - (ours() - own)
 
-    rows: list[tuple[object, ...]] = []
-    ratios: list[tuple[str, str, str]] = []
-    medians: list[float] = []
-    for mode, rounds in found["rounds"].items():
-        by_ratio = sorted(rounds, key=_p99_ratio)
-        shown = by_ratio[len(by_ratio) // 2]
-        rows += [(mode, name, percentile(ms, 50), percentile(ms, 99), len(ms)) for name, ms in shown.items()]
-        medians.append(_p99_ratio(shown))
-        ratios.append((f"admit p99 / PING p99, {mode} (median round)", f"{medians[-1]:.2f}",
-                       f"<= {MAX_ADMIT_OVER_PING_P99}: {verdict(medians[-1] <= MAX_ADMIT_OVER_PING_P99)}"))
-        ratios.append((f"  all rounds, {mode}", ", ".join(f"{_p99_ratio(r):.2f}" for r in rounds), ""))
-    rates = found["rates"]
-    ratios.append(("admits/s pipelined / one EVALSHA per call",
-                   f"{rates['admits/s, pipelined (ScriptBatcher)'] / rates['admits/s, one EVALSHA per call']:.2f}",
-                   "> 1: pipelining helps"))
-    print(f"\n\nQuotaEngine vs PING, same redis.asyncio client, uvloop; other jobs used "
-          f"{idle:.0f}% of a core just before, {100 * other / elapsed:.0f}% meanwhile")
-    print(table(["mode", "operation", "p50 ms", "p99 ms", "samples"], rows))
-    print()
-    print(table(["throughput, 50 tasks", "per second"], list(rates.items())))
-    print()
-    print(table(["script", "Redis CPU us/call"], list(found["server"].items())))
-    print()
-    print(table(["ratio", "value", "target"], ratios))
+    medians = report(found, f"QuotaEngine vs PING, same redis.asyncio client, uvloop; other jobs used "
+                            f"{idle:.0f}% of a core just before, {100 * other / elapsed:.0f}% meanwhile",
+                     MAX_ADMIT_OVER_PING_P99, "admits/s, pipelined (ScriptBatcher)", "admits/s, one EVALSHA per call")
     if STRICT:
         assert all(r <= MAX_ADMIT_OVER_PING_P99 for r in medians)

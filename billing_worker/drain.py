@@ -1,7 +1,8 @@
 """The drain: usage streams -> ClickHouse, at least once, deduplicated by request id.
 
 Per batch: read entries with a consumer group, validate and convert each, load the valid ones with ONE
-INSERT, then dead-letter the invalid ones and XACK everything in one MULTI per stream. An entry is
+INSERT, then dead-letter the invalid ones and XACK everything in one MULTI (one per stream on a cluster,
+`redis_streams.settle_all`). The next batch's first read is sent before this one is converted. An entry is
 acknowledged only after its row is in ClickHouse (or in the dead-letter stream), so a crash or an
 unavailable ClickHouse leaves it pending; it is read again (by this consumer, or reclaimed by another
 with XAUTOCLAIM) and inserted again, and `usage_rows` (ReplacingMergeTree by rid, read with FINAL)
@@ -29,7 +30,7 @@ from billing_worker.clickhouse import ClickHouse
 from billing_worker.errors import ClickHouseError, ClickHouseRejected, ClickHouseUnavailable, InvalidUsageEntry
 from billing_worker.settings import Settings
 from billing_worker.usage_entry import COLUMNS, to_row
-from gateway.keys import dead_letter_for, usage_streams
+from gateway.keys import usage_streams
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,28 @@ Progress = Callable[[DrainStats], None]
 @dataclass
 class _Batch:
     chunks: Sequence[rs.Chunk]
-    rows: list[bytes] = field(default_factory=list)  # TabSeparated rows, in the order of `origin`
-    origin: list[tuple[str, bytes, Any]] = field(default_factory=list)  # (stream, entry id, fields) per row
+    blocks: list[bytes] = field(default_factory=list)  # TabSeparated rows, each block newline-terminated
+    origin: list[tuple[str, list[Any]]] = field(default_factory=list)  # per block: stream, the rows' entries
     dead: dict[str, list[rs.DeadLetter]] = field(default_factory=dict)  # stream -> entries to dead-letter
+    rows: int = 0
+
+    def add(self, stream: str, entries: list[Any], block: bytes) -> None:
+        self.blocks.append(block)
+        self.origin.append((stream, entries))
+        self.rows += len(entries)
+
+    def row_list(self) -> tuple[list[bytes], list[tuple[str, bytes, Any]]]:
+        """Every row apart, with its (stream, entry id, fields): to find the rows ClickHouse refuses."""
+        rows = [row for block in self.blocks for row in block.split(b"\n")[:-1]]
+        origin = [(stream, entry[0], entry[1]) for stream, entries in self.origin for entry in entries]
+        return rows, origin
+
+    def settles(self) -> list[rs.Settle]:
+        """Per stream (a stream may come in several chunks): the ids to acknowledge and the dead letters."""
+        ids: dict[str, list[bytes]] = {}
+        for stream, entries in self.chunks:
+            ids.setdefault(stream, []).extend(entry[0] for entry in entries)
+        return [(stream, stream_ids, self.dead.get(stream, [])) for stream, stream_ids in ids.items()]
 
 
 @dataclass
@@ -84,25 +104,39 @@ class _Drain:
     def group(self) -> str:
         return self.settings.drain_group
 
-    def budget_left(self, max_batches: int) -> bool:
-        submitted = self.stats.batches + (self.in_flight is not None)
+    def budget_left(self, max_batches: int, held: int = 0) -> bool:
+        """Another batch may be read (`held`: batches read and not processed yet)."""
+        submitted = self.stats.batches + (self.in_flight is not None) + held
         return max_batches <= 0 or submitted < max_batches
 
     def process(self, chunks: Sequence[rs.Chunk]) -> None:
         """Convert a batch here, then load and acknowledge it in the background (one batch in flight):
-        reading and converting the next batch overlaps the INSERT and the XACKs of this one."""
+        reading and converting the next batch overlaps the INSERT and the XACKs of this one. A chunk is
+        converted in one pass unless one of its entries is invalid or deleted; then entry by entry."""
         batch = _Batch(chunks)
         for stream, entries in chunks:
-            for entry_id, flat in entries:
+            if not entries:
+                continue
+            try:
+                batch.add(stream, entries, b"\n".join([to_row(e[0], e[1]) for e in entries]) + b"\n")
+                continue
+            except (InvalidUsageEntry, TypeError):   # TypeError: a deleted entry's fields are None
+                pass
+            rows: list[bytes] = []
+            valid: list[Any] = []
+            for entry in entries:
+                entry_id, flat = entry
                 if flat is None:  # a pending id whose entry was deleted: nothing to load, just ack
                     self.stats.vanished += 1
                     continue
                 try:
-                    batch.rows.append(to_row(entry_id, flat))
+                    rows.append(to_row(entry_id, flat))
                 except InvalidUsageEntry as exc:
                     batch.dead.setdefault(stream, []).append((entry_id, flat, f"invalid: {exc.reason}"))
                     continue
-                batch.origin.append((stream, entry_id, flat))
+                valid.append(entry)
+            if rows:
+                batch.add(stream, valid, b"\n".join(rows) + b"\n")
         self.flush()
         if self.executor is None:
             self.load(batch)
@@ -116,25 +150,31 @@ class _Drain:
             job.result()
 
     def load(self, batch: _Batch) -> None:
-        """INSERT the rows (one statement), then dead-letter and XACK per stream. Never XACK first."""
-        refused: list[tuple[int, str]] = []
+        """INSERT the rows (one statement), then dead-letter and XACK. Never XACK first."""
+        refused: list[tuple[str, bytes, Any, str]] = []
         if batch.rows:
-            refused = self.insert(batch.rows, 0, len(batch.rows))
-            for index, reason in refused:
-                stream, entry_id, flat = batch.origin[index]
+            refused = self.insert_batch(batch)
+            for stream, entry_id, flat, reason in refused:
                 batch.dead.setdefault(stream, []).append((entry_id, flat, reason))
             if self.settings.drain_fault == "kill-after-insert":
                 os.kill(os.getpid(), signal.SIGKILL)  # tests: die between INSERT and XACK
-        for stream, entries in batch.chunks:
-            dead = batch.dead.get(stream, [])
-            rs.settle(self.redis, stream, dead_letter_for(stream), self.group, [e[0] for e in entries], dead)
-            self.stats.dead_lettered += len(dead)
-            self.stats.read += len(entries)
-        self.stats.inserted += len(batch.rows) - len(refused)
+        rs.settle_all(self.redis, self.group, batch.settles())
+        self.stats.dead_lettered += sum(len(dead) for dead in batch.dead.values())
+        self.stats.read += sum(len(entries) for _, entries in batch.chunks)
+        self.stats.inserted += batch.rows - len(refused)
         self.stats.batches += 1
         self.stats.elapsed_s = time.monotonic() - self.stats.started
         if self.progress is not None:
             self.progress(self.stats)
+
+    def insert_batch(self, batch: _Batch) -> list[tuple[str, bytes, Any, str]]:
+        """Insert the batch; returns the (stream, entry id, fields, reason) of rows ClickHouse refused."""
+        try:
+            self.insert_with_retry(b"".join(batch.blocks))
+            return []
+        except ClickHouseRejected as exc:
+            rows, origin = batch.row_list()
+            return [(*origin[index], reason) for index, reason in self.split(rows, 0, len(rows), exc)]
 
     def insert(self, rows: list[bytes], lo: int, hi: int) -> list[tuple[int, str]]:
         """Insert rows[lo:hi]; returns the (index, reason) of rows ClickHouse refused for their data."""
@@ -142,11 +182,15 @@ class _Drain:
             self.insert_with_retry(b"\n".join(rows[lo:hi]) + b"\n")
             return []
         except ClickHouseRejected as exc:
-            if hi - lo == 1:
-                name = f" {exc.name}" if exc.name else ""
-                return [(lo, f"clickhouse rejected{name} (code {exc.code}): {str(exc)[:500]}")]
-            mid = (lo + hi) // 2
-            return self.insert(rows, lo, mid) + self.insert(rows, mid, hi)
+            return self.split(rows, lo, hi, exc)
+
+    def split(self, rows: list[bytes], lo: int, hi: int, exc: ClickHouseRejected) -> list[tuple[int, str]]:
+        """rows[lo:hi] were refused with `exc`: bisect down to the refused rows."""
+        if hi - lo == 1:
+            name = f" {exc.name}" if exc.name else ""
+            return [(lo, f"clickhouse rejected{name} (code {exc.code}): {str(exc)[:500]}")]
+        mid = (lo + hi) // 2
+        return self.insert(rows, lo, mid) + self.insert(rows, mid, hi)
 
     def insert_with_retry(self, data: bytes) -> None:
         s = self.settings
@@ -221,9 +265,15 @@ def _drain(d: _Drain, streams: list[str], budget: int) -> None:
             if cursor == "0-0":
                 break
 
-    while d.budget_left(budget):
-        chunks = rs.read_new(d.redis, streams, d.group, d.consumer, limit)
-        if not chunks:
-            break
-        d.process(chunks)
+    reader = rs.NewEntries(d.redis, streams, d.group, d.consumer, limit)
+    try:
+        while d.budget_left(budget):
+            chunks = reader.read()
+            if not chunks:
+                break
+            if d.budget_left(budget, held=1):
+                reader.prefetch()  # Redis builds the next batch while this one is converted
+            d.process(chunks)
+    finally:
+        reader.close()
     d.flush()

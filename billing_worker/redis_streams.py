@@ -10,6 +10,7 @@ one slot (`{s:NN}:usage` and `{s:NN}:usage:dead`). Redis errors are wrapped into
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ import redis
 from redis.crc import key_slot
 
 from billing_worker.errors import StreamError
+from gateway.keys import dead_letter_for
 from gateway.redis_client import text
 
 # One stream's share of a read: (stream key, [[entry id, flat fields or None], ...]) as Redis sent it.
@@ -131,18 +133,81 @@ def _read_group(client: Client, streams: Sequence[str], group: str, consumer: st
     return chunks
 
 
-def read_new(client: Client, streams: Sequence[str], group: str, consumer: str, limit: int) -> list[Chunk]:
-    """Up to about `limit` never-delivered entries across the streams (they become pending to us)."""
-    chunks: list[Chunk] = []
-    active = list(streams)
-    got = 0
+def _per_stream(limit: int, got: int, active: Sequence[str]) -> int:
+    return max(1, -(-(limit - got) // len(active)))
+
+
+def _top_up(client: Client, group: str, consumer: str, limit: int, chunks: list[Chunk], active: list[str],
+            per_stream: int) -> list[Chunk]:
+    """Further XREADGROUP rounds over the streams whose last round was full, until about `limit` entries."""
+    got = sum(len(entries) for _, entries in chunks)
     while active and got < limit:
-        per_stream = max(1, -(-(limit - got) // len(active)))
+        per_stream = _per_stream(limit, got, active)
         round_chunks = _read_group(client, active, group, consumer, per_stream, ">")
         chunks.extend(round_chunks)
         got += sum(len(entries) for _, entries in round_chunks)
         active = [stream for stream, entries in round_chunks if len(entries) >= per_stream]
     return chunks
+
+
+def read_new(client: Client, streams: Sequence[str], group: str, consumer: str, limit: int) -> list[Chunk]:
+    """Up to about `limit` never-delivered entries across the streams (they become pending to us)."""
+    return _top_up(client, group, consumer, limit, [], list(streams), 0)
+
+
+class NewEntries:
+    """`read_new` batch after batch, with the first XREADGROUP of the next batch sent ahead (`prefetch`) on a
+    single Redis, so that Redis builds that reply while the caller converts the current batch. Entries read
+    ahead are delivered (pending to this consumer) when Redis runs the command, as if read later; `close` reads
+    a reply still outstanding. On a cluster, or with a client of one connection (shared with the
+    acknowledgements), `prefetch` does nothing."""
+
+    def __init__(self, client: Client, streams: Sequence[str], group: str, consumer: str, limit: int) -> None:
+        self.client, self.streams, self.group, self.consumer, self.limit = client, list(streams), group, consumer, limit
+        self.enabled = not isinstance(client, redis.RedisCluster) and client.connection is None
+        self._sent: Any = None        # the connection whose reply is outstanding
+
+    def prefetch(self) -> None:
+        if not self.enabled or self._sent is not None:
+            return
+        assert isinstance(self.client, redis.Redis)
+        pool = self.client.connection_pool
+        conn: Any = pool.get_connection()
+        per_stream = _per_stream(self.limit, 0, self.streams)
+        args: tuple[str | int, ...] = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", per_stream,
+                "STREAMS", *self.streams, *([">"] * len(self.streams)))
+        try:
+            conn.send_command(*args)
+        except redis.RedisError as exc:
+            conn.disconnect()
+            pool.release(conn)
+            raise _stream_error(exc, args) from None
+        self._sent = conn
+
+    def _receive(self) -> list[Chunk]:
+        assert isinstance(self.client, redis.Redis)
+        conn, self._sent = self._sent, None
+        try:
+            return _chunks(conn.read_response(disable_decoding=True))
+        except redis.RedisError as exc:
+            conn.disconnect()
+            raise _stream_error(exc, ("XREADGROUP",)) from None
+        finally:
+            self.client.connection_pool.release(conn)
+
+    def read(self) -> list[Chunk]:
+        """The next batch: the reply read ahead, if any, topped up as `read_new` does."""
+        if self._sent is None:
+            return read_new(self.client, self.streams, self.group, self.consumer, self.limit)
+        per_stream = _per_stream(self.limit, 0, self.streams)
+        chunks = self._receive()
+        full = [stream for stream, entries in chunks if len(entries) >= per_stream]
+        return _top_up(self.client, self.group, self.consumer, self.limit, chunks, full, per_stream)
+
+    def close(self) -> None:
+        if self._sent is not None:
+            with contextlib.suppress(StreamError):
+                self._receive()
 
 
 def read_own_pending(client: Client, streams: Sequence[str], group: str, consumer: str,
@@ -164,6 +229,18 @@ def claim_stale(client: Client, stream: str, group: str, consumer: str, min_idle
     return text(reply[0]), [e for e in reply[1] if e is not None], deleted
 
 
+def _queue_settle(pipe: Any, stream: str, dead_stream: str, group: str, ids: Sequence[bytes],
+                  dead: Iterable[DeadLetter], now_ms: bytes) -> None:
+    for entry_id, flat, reason in dead:
+        fields = list(flat or [])
+        if len(fields) % 2:
+            fields[-1:] = [b"_unpaired", fields[-1]]
+        pipe.execute_command("XADD", dead_stream, "*", *fields, b"reason", reason.encode(),
+                             b"src_stream", stream.encode(), b"src_id", entry_id, b"dead_ms", now_ms)
+    if ids:
+        pipe.execute_command("XACK", stream, group, *ids)
+
+
 def settle(client: Client, stream: str, dead_stream: str, group: str, ids: Sequence[bytes],
            dead: Iterable[DeadLetter]) -> None:
     """Dead-letter the given entries and acknowledge `ids`, atomically (MULTI/EXEC, one hash slot: on a
@@ -172,17 +249,31 @@ def settle(client: Client, stream: str, dead_stream: str, group: str, ids: Seque
     try:
         pipe: Any
         with client.pipeline(transaction=True) as pipe:
-            for entry_id, flat, reason in dead:
-                fields = list(flat or [])
-                if len(fields) % 2:
-                    fields[-1:] = [b"_unpaired", fields[-1]]
-                pipe.execute_command("XADD", dead_stream, "*", *fields, b"reason", reason.encode(),
-                                     b"src_stream", stream.encode(), b"src_id", entry_id, b"dead_ms", now_ms)
-            if ids:
-                pipe.execute_command("XACK", stream, group, *ids)
+            _queue_settle(pipe, stream, dead_stream, group, ids, dead, now_ms)
             pipe.execute()
     except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         raise StreamError(f"Redis unavailable while acknowledging {stream}: {exc}") from None
+
+
+Settle = tuple[str, Sequence[bytes], Sequence[DeadLetter]]   # (stream, ids to acknowledge, dead letters)
+
+
+def settle_all(client: Client, group: str, settles: Sequence[Settle]) -> None:
+    """`settle` of several streams, `(stream, ids, dead letters)` each: on a single Redis in one MULTI/EXEC (one
+    round trip; still atomic per stream), on a cluster one per stream (one slot each)."""
+    if isinstance(client, redis.RedisCluster):
+        for stream, ids, dead in settles:
+            settle(client, stream, dead_letter_for(stream), group, ids, dead)
+        return
+    now_ms = str(int(time.time() * 1000)).encode()
+    try:
+        pipe: Any
+        with client.pipeline(transaction=True) as pipe:
+            for stream, ids, dead in settles:
+                _queue_settle(pipe, stream, dead_letter_for(stream), group, ids, dead, now_ms)
+            pipe.execute()
+    except redis.RedisError as exc:
+        raise StreamError(f"Redis unavailable while acknowledging {len(settles)} streams: {exc}") from None
 
 
 def safe_trim_id(client: Client, stream: str) -> str | None:

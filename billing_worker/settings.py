@@ -81,7 +81,7 @@ class Settings:
     shards: int = 16
     drain_group: str = "drain"
     drain_consumer: str = ""
-    drain_batch_size: int = 10_000
+    drain_batch_size: int = 25_000
     drain_claim_idle_ms: int = 60_000
     drain_max_batches: int = 0
     drain_insert_attempts: int = 6

@@ -1,14 +1,16 @@
-"""Coalesces script calls made in the same event-loop tick into one round trip.
+"""Coalesces script calls made in the same event-loop tick into one round trip per Redis server.
 
-On a single Redis a tick's calls are packed with hiredis and written at once on one pipelined connection
-(`RespPipe`): no task, pool checkout or lock per call; replies resolve the futures in order. redis-py's
-pipelines were the gateway's largest quota cost, and redis-py refuses EVALSHA in cluster pipelines, so on a
-cluster the calls go out concurrently through the redis-py cluster client instead.
+`Coalescer` is the tick queue both batchers share: `call` queues, one `call_soon` flushes the tick, every
+call is finished exactly once (`drain` waits for that). `ScriptBatcher` is the single Redis: a tick's calls
+are packed with hiredis and written at once on one pipelined connection (`RespPipe`): no task, pool
+checkout or lock per call; replies resolve the futures in order. redis-py's pipelines were the gateway's
+largest quota cost. On a Redis Cluster, `ClusterBatcher` (cluster_batcher.py) does the same per primary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import hiredis
@@ -16,79 +18,138 @@ from redis.exceptions import NoScriptError
 
 from gateway.quota.resp_pipe import RespPipe
 
-Call = tuple[Any, list[str], list[Any], "asyncio.Future[Any]"]
+
+class Call:
+    """One script call, with the cluster's routing state: the node it goes to next or went to last (`addr`,
+    empty: by the slot map), ASKING before it, NOSCRIPT handled, redirections followed, TRYAGAIN retries."""
+
+    __slots__ = ("addr", "args", "asking", "deadline", "future", "keys", "redirects", "reload", "reloaded",
+                 "retries", "script")
+
+    def __init__(self, script: Any, keys: list[str], args: list[Any], future: asyncio.Future[Any]) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.future = future
+        self.addr = ""
+        self.asking = False
+        self.reload = False       # write SCRIPT LOAD before the next send (NOSCRIPT seen)
+        self.reloaded = False     # NOSCRIPT already handled once
+        self.redirects = 0        # MOVED/ASK followed since the last TRYAGAIN
+        self.retries = 0          # TRYAGAIN retries
+        self.deadline = 0.0       # no TRYAGAIN retry after this (monotonic; set by the first one)
+
+    def packed(self) -> bytes:
+        command: tuple[Any, ...] = ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        return bytes(hiredis.pack_command(command))
 
 
-class ScriptBatcher:
-    """`await batcher.call(script, keys, args)`: the script's reply, or its error as an exception.
+class Coalescer:
+    """`await batcher.call(script, keys, args)`: the script's reply, or its error as an exception."""
 
-    A NOSCRIPT reply (a restarted or flushed server) loads the script and retries that call once.
-    """
-
-    def __init__(self, client: Any, url: str = "", pipelined: bool = True, timeout_s: float = 1.0) -> None:
+    def __init__(self, client: Any, timeout_s: float) -> None:
         self.client = client
-        self.pipelined = pipelined
-        self.pipe = RespPipe(url, timeout_s) if pipelined else None
+        self.timeout_s = timeout_s
         self._queue: list[Call] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loading: dict[str, asyncio.Future[Any]] = {}
+        self._outstanding = 0     # calls not finished yet (queued, in flight, waiting for a retry)
 
     def call(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((script, keys, args, future))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._outstanding += 1
+        self._enqueue(Call(script, keys, args, future))
+        return future
+
+    def _enqueue(self, call: Call) -> None:
+        self._queue.append(call)
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return future
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        self._send_tick(queue)
+
+    def _send_tick(self, calls: list[Call]) -> None:
+        raise NotImplementedError
+
+    def _finish(self, call: Call, result: Any = None, exc: BaseException | None = None) -> None:
+        """The one place a call ends (its future may have been cancelled by the caller meanwhile)."""
+        self._outstanding -= 1
+        future = call.future
+        if future.done():
+            return
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+    def _fail_all(self, calls: list[Call], exc: BaseException) -> None:
+        for call in calls:
+            self._finish(call, exc=exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        queue, self._queue = self._queue, []
+    async def drain(self) -> None:
+        """Waits until every queued call has its reply (bounded: every connection has a reply timeout)."""
+        while self._outstanding > 0 or self._tasks:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                await asyncio.sleep(0.001)
+
+    def _close_connections(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.drain()
+        self._close_connections()
+
+
+class ScriptBatcher(Coalescer):
+    """The single Redis. A NOSCRIPT reply (a restarted or flushed server) loads the script and retries that
+    call once. `pipelined=False` sends one redis-py EVALSHA per call instead (the benchmarks' baseline)."""
+
+    def __init__(self, client: Any, url: str = "", pipelined: bool = True, timeout_s: float = 1.0) -> None:
+        super().__init__(client, timeout_s)
+        self.pipe = RespPipe(url, timeout_s) if pipelined else None
+        self._loading: dict[str, asyncio.Future[Any]] = {}
+
+    def _send_tick(self, calls: list[Call]) -> None:
         if self.pipe is None:
-            for call in queue:
+            for call in calls:
                 self._spawn(self._one(call))
         elif self.pipe.connected:
-            self._write(queue, retried=False)
+            self._write(calls)
         else:
-            self._spawn(self._connect_and_write(queue, retried=False))
+            self._spawn(self._connect_and_write(calls))
 
-    # -- single Redis: the pipelined connection ------------------------------------------------------
-    async def _connect_and_write(self, calls: list[Call], retried: bool) -> None:
+    async def _connect_and_write(self, calls: list[Call]) -> None:
         assert self.pipe is not None
         try:
             await self.pipe.connect()
         except Exception as exc:
-            for *_, future in calls:
-                if not future.done():
-                    future.set_exception(exc)
+            self._fail_all(calls, exc)
             return
-        self._write(calls, retried)
+        self._write(calls)
 
-    def _write(self, calls: list[Call], retried: bool) -> None:
+    def _write(self, calls: list[Call]) -> None:
         assert self.pipe is not None
-        packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-                  for script, keys, args, _ in calls]
-        for call, reply in zip(calls, self.pipe.send(packed), strict=True):
-            reply.add_done_callback(lambda done, call=call: self._complete(call, done, retried))  # type: ignore[misc]
+        self.pipe.send([call.packed() for call in calls], [functools.partial(self._complete, call) for call in calls])
 
-    def _complete(self, call: Call, reply: asyncio.Future[Any], retried: bool) -> None:
-        future = call[3]
-        if future.done():
-            return
-        exc = reply.exception()
+    def _complete(self, call: Call, reply: Any, exc: BaseException | None) -> None:
         if exc is None:
-            future.set_result(reply.result())
-        elif isinstance(exc, NoScriptError) and not retried:
+            self._finish(call, reply)
+        elif isinstance(exc, NoScriptError) and not call.reloaded and not call.future.done():
+            call.reloaded = True
             self._spawn(self._reload_and_retry(call))
         else:
-            future.set_exception(exc)
+            self._finish(call, exc=exc)
 
     async def _load(self, script: Any) -> None:
         """SCRIPT LOAD once, however many calls met NOSCRIPT at the same time."""
@@ -100,16 +161,15 @@ class ScriptBatcher:
 
     async def _reload_and_retry(self, call: Call) -> None:
         try:
-            await self._load(call[0])
+            await self._load(call.script)
         except Exception as exc:
-            if not call[3].done():
-                call[3].set_exception(exc)
+            self._finish(call, exc=exc)
             return
-        await self._connect_and_write([call], retried=True)
+        await self._connect_and_write([call])
 
-    # -- cluster: one EVALSHA per call through redis-py ----------------------------------------------
     async def _one(self, call: Call) -> None:
-        script, keys, args, future = call
+        """One EVALSHA through redis-py (no coalescing)."""
+        script, keys, args = call.script, call.keys, call.args
         try:
             try:
                 result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
@@ -117,21 +177,10 @@ class ScriptBatcher:
                 await self._load(script)
                 result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
         except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
+            self._finish(call, exc=exc)
             return
-        if not future.done():
-            future.set_result(result)
+        self._finish(call, result)
 
-    async def drain(self) -> None:
-        """Waits until every queued call has its reply."""
-        while self._queue or self._tasks or (self.pipe and self.pipe.connection and self.pipe.connection.pending):
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            else:
-                await asyncio.sleep(0.001)
-
-    async def close(self) -> None:
-        await self.drain()
+    def _close_connections(self) -> None:
         if self.pipe is not None:
             self.pipe.close()

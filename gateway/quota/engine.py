@@ -16,7 +16,8 @@ from gateway.catalog import Catalog, Model
 from gateway.keys import AccountKeys, ParsedKey
 from gateway.metrics import ADMIT_LATENCY, DECISIONS, REDIS_ERRORS, SETTLE_ERRORS
 from gateway.quota.admission import Admission, Usage
-from gateway.quota.batcher import ScriptBatcher
+from gateway.quota.batcher import Coalescer, ScriptBatcher
+from gateway.quota.cluster_batcher import ClusterBatcher
 from gateway.quota.periods import DAY_S, Clock, Period, PeriodCache, system_clock
 from gateway.quota.scripts import register_all
 from gateway.quota.spool import Spool
@@ -38,8 +39,9 @@ class QuotaEngine:
         self.spool = spool
         self.clock = clock
         self.scripts = register_all(client)
-        self.batcher = ScriptBatcher(client, settings.redis_url, pipelined=not settings.redis_cluster,
-                                     timeout_s=settings.redis_timeout_s)
+        self.batcher: Coalescer = (
+            ClusterBatcher(client, settings.redis_url, settings.redis_timeout_s) if settings.redis_cluster
+            else ScriptBatcher(client, settings.redis_url, timeout_s=settings.redis_timeout_s))
         self.periods = PeriodCache()
         self.plans_arg = catalog.plans_arg().encode()   # bytes: packed as is on every admit
         self.grace_s = settings.period_grace_days * DAY_S
