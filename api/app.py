@@ -19,11 +19,17 @@ import api.routes
 from api.auth import current_caller
 from api.context import ApiContext
 from api.errors import HANDLERS, ErrorResponse
+from api.guard import ApiGuard
 
 TITLE = "aihub management API"
 ERROR_STATUSES = {"400": "Invalid request (the error's `code` and `param` say what)",
                   "401": "Missing or unknown token", "403": "The caller's role may not do this",
                   "404": "No such resource (or another tenant's)", "409": "Conflicts with the current state"}
+
+
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "description": "Makes a retry safe: the first answer is replayed for 24 hours (docs/api.md)",
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
 
 
 def route_modules() -> list[Any]:
@@ -56,6 +62,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 responses.setdefault(status, {"description": description, **error})
             if not public:
                 operation["security"] = [{"bearer": []}]
+    for path in schema.get("paths", {}).values():
+        if "post" in path and path["post"].get("security") != []:
+            path["post"].setdefault("parameters", []).append(IDEMPOTENCY_KEY)
     app.openapi_schema = schema
     return schema
 
@@ -82,6 +91,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
         app.add_exception_handler(exc, handler)
     for module in route_modules():
         app.include_router(module.router, prefix="/v1")
+    app.router.redirect_slashes = False          # `/v1/me/` is not a path of ours: 404, not a redirect
+    app.add_middleware(ApiGuard, ctx=ctx)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -49,8 +49,8 @@ class Caller:
         return "operator" if self.kind == "operator" else f"{self.kind}:{self.id}"
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+def bearer_token(header: str) -> str:
+    """The token of an `Authorization: Bearer` header; 401 missing_token otherwise."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip() or len(token) > 512:
         raise ApiError(401, "missing_token", "Send `Authorization: Bearer <token>` (an operator token, a member "
@@ -82,6 +82,6 @@ def current_caller(request: Request) -> Caller:
     if isinstance(cached, Caller):
         return cached
     ctx: ApiContext = request.app.state.ctx
-    caller = authenticate(ctx, _bearer(request))
+    caller = authenticate(ctx, bearer_token(request.headers.get("authorization", "")))
     request.state.caller = caller
     return caller

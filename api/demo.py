@@ -34,5 +34,6 @@ def banner(url: str, operator_token: str | None, owners: list[tuple[str, str]]) 
         lines.append(f"  operator token (this run only): {operator_token}")
     lines += [f"  dashboard token, owner of {account}: {token}" for account, token in owners]
     if not owners:
-        lines.append("  (demo owners' tokens were shown when first made; `aihub member add ACCOUNT EMAIL` adds one)")
+        lines.append("  (demo owners' tokens were shown when first made: `aihub member list demopro` gives the "
+                     "owner's id, `aihub member token demopro MEMBER_ID` a new token)")
     return "\n".join(lines) + "\n"

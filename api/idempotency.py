@@ -30,13 +30,17 @@ from billing.times import aware
 
 TTL = timedelta(hours=24)
 IN_PROGRESS = 0
-SECRET_FIELDS = frozenset({"api_key", "token", "secret", "webhook_secret", "client_secret"})
+SECRET_FIELDS = frozenset({"api_key", "token", "secret", "webhook_secret", "client_secret", "owner_token"})
+
+
+def _secret(name: str, names: frozenset[str]) -> bool:
+    return name in names or name.endswith(("_token", "_secret", "api_key"))
 
 
 def _redact(value: Any, fields: Iterable[str]) -> Any:
     names = frozenset(fields)
     if isinstance(value, dict):
-        return {k: (None if k in names else _redact(v, names)) for k, v in value.items()}
+        return {k: (None if _secret(k, names) else _redact(v, names)) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, names) for v in value]
     return value

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from api.auth import Caller, current_caller
 from api.context import ApiContext
@@ -22,10 +22,30 @@ def ctx_of(request: Request) -> ApiContext:
 Ctx = Annotated[ApiContext, Depends(ctx_of)]
 
 
+def _no_control_characters(value: Any, path: str = "") -> None:
+    if isinstance(value, str):
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(f"{path or 'a text'} holds a control character (tab, newline, NUL, ...)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_control_characters(key, path)
+            _no_control_characters(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            _no_control_characters(item, path)
+
+
 class Strict(BaseModel):
-    """Base of every request body: unknown fields are refused (400 `unknown_field`)."""
+    """Base of every request body: unknown fields are refused (400 `unknown_field`), and so is any text holding a
+    control character (400 `invalid_value`): none of the API's fields is multi-line, and NUL cannot be stored."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _printable(cls, data: Any) -> Any:
+        _no_control_characters(data)
+        return data
 
 
 def needs(permission: str) -> dict[str, str]:

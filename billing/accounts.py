@@ -67,7 +67,7 @@ def check_location(country: str, region: str = "") -> tuple[str, str]:
 
 
 def check_billing_email(email: str) -> str:
-    if len(email) > 320 or not EMAIL_RE.match(email):
+    if len(email) > 320 or not EMAIL_RE.match(email) or not email.isprintable():
         raise InvalidInput(f"{email[:80]!r} is not an email address.", code="bad_email")
     return email
 

@@ -84,7 +84,7 @@ def check_role(role: str) -> str:
 
 
 def check_email(email: str) -> str:
-    if not isinstance(email, str) or len(email) > 320 or not EMAIL_RE.match(email):
+    if not isinstance(email, str) or len(email) > 320 or not EMAIL_RE.match(email) or not email.isprintable():
         raise InvalidInput(f"{str(email)[:80]!r} is not an email address.", code="bad_email")
     return email.strip().lower()
 
@@ -239,6 +239,17 @@ class MemberService:
             session.flush()
             return IssuedInvite(invite_view(invite, now), token)
 
+    @staticmethod
+    def _inviter_may(invite: Invite, active: list[Member]) -> bool:
+        """An invitation made by a member stands only while that member may still invite with that role (removed,
+        or no longer an owner or admin: it lapses). Invitations by the operator or the CLI always stand."""
+        if not invite.invited_by.startswith("member:"):
+            return True
+        inviter = next((m for m in active if m.id == invite.invited_by.removeprefix("member:")), None)
+        if inviter is None or inviter.role not in ("owner", "admin"):
+            return False
+        return invite.role != "owner" or inviter.role == "owner"
+
     def list_invites(self, account_id: str) -> list[dict[str, Any]]:
         now = self.now()
         with self.sessions() as session:
@@ -270,13 +281,27 @@ class MemberService:
             if (invite is None or invite.accepted_at is not None or invite.revoked_at is not None
                     or aware(invite.expires_at) <= now):
                 raise NotFound("This invitation is unknown, used, revoked or expired.", code="invite_not_found")
-            if any(m.email == invite.email for m in self._active(session, invite.account_id)):
+            active = self._active(session, invite.account_id)
+            if any(m.email == invite.email for m in active):
                 raise Conflict(f"{invite.email} is a member already.", code="member_exists")
-            invite.accepted_at = now
-            member = Member(id="mem_" + secrets.token_hex(8), account_id=invite.account_id, email=invite.email,
-                            role=invite.role, token_sha256=token_hash(member_token), created_at=now)
-            session.add(member)
-            self._audit(session, invite.email, "member.accept", invite.account_id, invite_id=invite.id,
-                        member_id=member.id, role=invite.role)
-            session.flush()
-            return IssuedMember(member_view(member), member_token)
+            self._require_team(self._account(session, invite.account_id))
+            lapsed = not self._inviter_may(invite, active)
+            if lapsed:          # revoked for good (committed), then refused like any other dead invitation
+                invite.revoked_at = now
+                self._audit(session, "system", "member.invite_revoke", invite.account_id, invite_id=invite.id,
+                            reason="the inviting member was removed or lost the right")
+            else:
+                issued = self._join(session, invite, member_token, now)
+        if lapsed:
+            raise NotFound("This invitation is unknown, used, revoked or expired.", code="invite_not_found")
+        return issued
+
+    def _join(self, session: Session, invite: Invite, member_token: str, now: datetime) -> IssuedMember:
+        invite.accepted_at = now
+        member = Member(id="mem_" + secrets.token_hex(8), account_id=invite.account_id, email=invite.email,
+                        role=invite.role, token_sha256=token_hash(member_token), created_at=now)
+        session.add(member)
+        self._audit(session, invite.email, "member.accept", invite.account_id, invite_id=invite.id,
+                    member_id=member.id, role=invite.role)
+        session.flush()
+        return IssuedMember(member_view(member), member_token)

@@ -77,6 +77,10 @@ def _member_price(ctx: ApiContext, account: dict[str, Any], body: NewBoost, unti
         raise ApiError(403, "plan_feature_unavailable", f"Boosts are sold on plans with pay-as-you-go overage; the "
                        f"{plan.display_name} plan has none" + (" (its calls are unlimited)." if plan.unlimited_calls
                                                                 else ": upgrade instead."))
+    cap = max(plan.included_calls, 1) * 10
+    if body.calls > cap:
+        raise ApiError(400, "out_of_range", f"A boost bought by a member adds at most {cap} calls (10 times the "
+                       f"plan's included calls); ask the operator for more.", param="calls")
     period_end = next_period_start(ctx.now())
     if until > period_end:
         raise ApiError(400, "bad_boost", f"A boost bought now lasts at most until the end of the period "

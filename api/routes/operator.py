@@ -194,7 +194,8 @@ def audit_log(ctx: Ctx, caller: AuthCaller, account_id: Annotated[str | None, Qu
     caller.require("operator")
     before = None
     if starting_after is not None:
-        if not (starting_after.isascii() and starting_after.isdigit() and len(starting_after) <= 18):
+        if not (starting_after.isascii() and starting_after.isdigit() and len(starting_after) <= 10
+                and int(starting_after) < 2**31):
             raise ApiError(400, "invalid_cursor", "This cursor is not from this list.", param="starting_after")
         before = int(starting_after)
     entries = ctx.accounts.audit_log(account_id, limit + 1, before=before)

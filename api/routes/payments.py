@@ -129,6 +129,9 @@ def add_method(account_id: AccountId, body: NewMethod, request: Request, ctx: Ct
     400 missing_field (payment_method), bad_payment_method; 402 card_declined (or the card's decline code);
     409 provider_not_configured, payment_method_in_use (another account's); 503 payment_provider_unavailable."""
     caller.require("payments:write", account_id)
+    if body.provider == "bank_transfer" and caller.kind != "operator":
+        raise ApiError(403, "forbidden", "Paying by bank transfer is agreed with the operator, who enables it; add a "
+                       "card or a PayPal method here.", param="provider")
     if body.provider != "bank_transfer" and body.payment_method is None:
         raise ApiError(400, "missing_field", f"A {body.provider} payment method needs `payment_method` (the "
                        "provider's id).", param="payment_method")

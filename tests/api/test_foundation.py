@@ -148,3 +148,53 @@ def test_a_paid_account_needs_bank_transfer_or_a_method(client: TestClient, ctx:
     made = client.post("/api/v1/accounts", headers=operator(),
                        json={"name": "P", "plan": "pro", "id": "paid2", "bank_transfer": True})
     assert made.status_code == 201 and made.json()["account"]["subscription"]["plan"] == "pro"
+
+
+def test_the_token_is_checked_before_the_body_and_bodies_are_bounded(client: TestClient, tenant: Any) -> None:
+    t = tenant("pro")
+    url = f"/api/v1/accounts/{t.account_id}/keys"
+    response = client.post(url, headers={"Content-Type": "application/json"}, content=b"{not json")
+    assert response.status_code == 401 and error_code(response) == "missing_token"
+    big = b'{"name": "' + b"x" * (1 << 20) + b'"}'
+    response = client.post(url, headers={**t.h(), "Content-Type": "application/json"}, content=big)
+    assert response.status_code == 413 and error_code(response) == "request_too_large"
+
+    def chunks() -> Any:
+        yield b'{"name": "'
+        for _ in range(20):
+            yield b"x" * 65536
+        yield b'"}'
+    response = client.post(url, headers={**t.h(), "Content-Type": "application/json"}, content=chunks())
+    assert response.status_code == 413 and error_code(response) == "request_too_large"
+    assert client.get("/api/v1/me", headers=t.h()).headers["cache-control"] == "no-store"
+    assert client.get("/api/v1/me/", headers=t.h()).status_code == 404
+
+
+def test_control_characters_are_refused_not_stored(client: TestClient, tenant: Any) -> None:
+    t = tenant("enterprise")
+    for body in ({"name": "nul\u0000"}, {"name": "esc\u001b[31m"}, {"name": "line\nbreak"}):
+        response = client.post(f"/api/v1/accounts/{t.account_id}/keys", headers=t.h(), json=body)
+        assert response.status_code == 400 and error_code(response) == "invalid_value", response.text
+    response = client.post(f"/api/v1/accounts/{t.account_id}/invites", headers=t.h(),
+                           json={"email": "n\u0000@x.example", "role": "viewer"})
+    assert response.status_code == 400
+
+
+def test_secrets_in_a_replayed_answer_are_null(client: TestClient) -> None:
+    headers = {**operator(), "Idempotency-Key": "acct-1"}
+    body = {"name": "Acme", "plan": "free", "id": "acmeco", "owner_email": "boss@acme.example"}
+    first = client.post("/api/v1/accounts", headers=headers, json=body)
+    again = client.post("/api/v1/accounts", headers=headers, json=body)
+    assert first.json()["owner_token"] and again.json()["owner_token"] is None
+    assert again.json()["account"] == first.json()["account"]
+
+
+def test_members_cannot_enable_bank_transfer(client: TestClient, tenant: Any) -> None:
+    t = tenant("enterprise")
+    free = tenant("free")
+    response = client.post(f"/api/v1/accounts/{free.account_id}/payment-methods", headers=free.h(),
+                           json={"provider": "bank_transfer"})
+    assert response.status_code == 403 and error_code(response) == "forbidden"
+    assert client.post(f"/api/v1/accounts/{free.account_id}/payment-methods", headers=operator(),
+                       json={"provider": "bank_transfer"}).status_code == 201
+    assert t

@@ -112,3 +112,24 @@ def test_member_tokens_are_stored_hashed(client: TestClient, tenant: Any, ctx: A
                         for row in conn.execute(text(f"SELECT * FROM {table}")))
     assert t.owner not in dump and invite["token"] not in dump
     assert "aihub_mt_" not in dump and "aihub_inv_" not in dump
+
+
+def test_an_invitation_lapses_with_its_inviters_right(client: TestClient, tenant: Any) -> None:
+    t = tenant("enterprise")
+    ghost = _invite(client, t, "ghost@evil.example", "admin", who="admin").json()
+    kept = _invite(client, t, "friend@example.com", "viewer", who="owner").json()
+    client.delete(f"/api/v1/accounts/{t.account_id}/members/{t.member_ids['admin']}", headers=t.h())
+    response = client.post("/api/v1/invites/accept", json={"token": ghost["token"]})
+    assert response.status_code == 404 and error_code(response) == "invite_not_found"
+    states = {i["email"]: i["status"] for i in
+              client.get(f"/api/v1/accounts/{t.account_id}/invites", headers=t.h()).json()["data"]}
+    assert states["ghost@evil.example"] == "revoked"
+    assert client.post("/api/v1/invites/accept", json={"token": kept["token"]}).status_code == 201
+
+
+def test_an_invitation_needs_the_team_plan_when_accepted(client: TestClient, tenant: Any, ctx: ApiContext) -> None:
+    t = tenant("enterprise", roles=False)
+    invite = _invite(client, t, "late@example.com", "viewer").json()
+    ctx.accounts.set_plan(t.account_id, "pro", now=True)
+    response = client.post("/api/v1/invites/accept", json={"token": invite["token"]})
+    assert response.status_code == 403 and error_code(response) == "plan_feature_unavailable"

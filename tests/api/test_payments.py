@@ -66,7 +66,7 @@ def test_list_add_and_remove_methods(client: TestClient, tenant: Any, stripe_ctx
 
 def test_a_free_account_may_remove_its_last_method(client: TestClient, tenant: Any) -> None:
     t = tenant("free")
-    added = client.post(methods(t), headers=t.h(), json={"provider": "bank_transfer"}).json()
+    added = client.post(methods(t), headers=operator(), json={"provider": "bank_transfer"}).json()
     assert client.delete(methods(t, f"/{added['id']}"), headers=t.h()).status_code == 200
     assert client.get(methods(t), headers=t.h()).json()["data"] == []
 
