@@ -1,4 +1,10 @@
-"""The ASGI application: routes, error rendering, and the lifespan of clients and background loops."""
+"""The ASGI application: routes, error rendering, and the lifespan of clients and background loops.
+
+The `/v1` model routes take a raw ASGI fast path (`GatewayApp.__call__` -> `v1`): no Starlette routing,
+middleware, Request or Response on the requests that carry the load. Everything else (health, readiness,
+metrics, and another role's `extra_routes`: webhooks, the management API, the dashboard) goes through Starlette.
+Either way every answer carries `x-request-id`.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import errors
 from gateway.auth import AuthCache
 from gateway.catalog import Catalog, load_catalog
-from gateway.metrics import REQUESTS, render
+from gateway.metrics import REQUESTS, LabelCache, render
 from gateway.proxy import Proxy
 from gateway.quota.engine import QuotaEngine
 from gateway.quota.periods import Clock, system_clock
 from gateway.quota.reaper import reap_expired
 from gateway.quota.spool import Spool
 from gateway.redis_client import async_client
+from gateway.replies import error_reply, send_reply
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
 
@@ -36,6 +43,24 @@ log = logging.getLogger("aihub.gateway")
 
 def error_response(exc: errors.GatewayError) -> Response:
     return Response(exc.body(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+
+
+def request_id() -> str:
+    return "req_" + os.urandom(16).hex()
+
+
+class GatewayApp(Starlette):
+    """Starlette, except that HTTP requests under `/v1/` go straight to `v1` (a raw ASGI app)."""
+
+    def __init__(self, v1: ASGIApp, **options: Any) -> None:
+        super().__init__(**options)
+        self.v1 = v1
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.v1(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 class RequestIdMiddleware:
@@ -49,7 +74,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = "req_" + os.urandom(16).hex()
+        rid = request_id()
         scope["aihub.rid"] = rid
         header = (b"x-request-id", rid.encode())
 
@@ -74,7 +99,7 @@ async def _every(seconds: float, job: Any, name: str) -> None:
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
                clock: Clock = system_clock, run_reaper: bool = True,
-               extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+               extra_routes: Sequence[BaseRoute] = ()) -> GatewayApp:
     """The proxy app; `extra_routes` adds another role's routes on the same port (`make up` mounts the API
     role's webhooks: the proxy's own modules never import them)."""
     settings = settings or Settings.from_env()
@@ -84,26 +109,22 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
     engine = QuotaEngine(settings, catalog, client, Spool(settings.spool_dir), clock)
     proxy = Proxy(settings, catalog, engine, upstreams, AuthCache(client, settings.shards))
 
-    children: dict[tuple[str, str, str], Any] = {}
+    requests = LabelCache(REQUESTS)
 
-    def count(route: str, status: int, model: str) -> None:
-        labels = (route, str(status), model)
-        child = children.get(labels)
-        if child is None:
-            child = children[labels] = REQUESTS.labels(*labels)
-        child.inc()
-
-    async def v1(request: Request) -> Response:
-        status = 500
+    async def v1(scope: Scope, receive: Receive, send: Send) -> None:
+        rid = request_id()
+        scope["aihub.rid"] = rid
         try:
-            response: Response = await proxy.handle(request)
-            status = response.status_code
-            return response
+            reply = await proxy.handle(scope, receive, rid)
         except errors.GatewayError as exc:
-            status = exc.status
-            return error_response(exc)
-        finally:
-            count(request.scope.get("aihub.route", "unknown"), status, request.scope.get("aihub.model", ""))
+            reply = error_reply(exc)
+        except Exception:
+            log.exception("unhandled error on %s (%s)", scope["path"], rid)
+            reply = error_reply(errors.GatewayError(f"The gateway hit an internal error; it was logged under "
+                                                    f"request {rid}."))
+        reply.headers.append((b"x-request-id", rid.encode()))
+        requests.get(scope.get("aihub.route", "unknown"), reply.status, scope.get("aihub.model", "")).inc()
+        await send_reply(reply, receive, send)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -151,14 +172,12 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
             await client.aclose()
 
     routes = [
-        # every usual method: gateway.endpoints decides (404, 405 with Allow, 403)
-        Route("/v1/{rest:path}", v1, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *extra_routes,
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)],
-                    exception_handlers={Exception: server_error, 404: not_found, 405: bad_method})
+    app = GatewayApp(v1, routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)],
+                     exception_handlers={Exception: server_error, 404: not_found, 405: bad_method})
     app.router.redirect_slashes = False   # `/v1/` and `/healthz/` are not paths of ours: 404, not a redirect
     app.state.engine = engine
     app.state.settings = settings

@@ -50,6 +50,13 @@ def _int_arg(value: str) -> int:
     return int(value)
 
 
+def _workers(value: str) -> int:
+    count = _int_arg(value)
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"--workers is 1 to 64, not {count}")
+    return count
+
+
 def _text(value: Any, indent: str = "") -> list[str]:
     if isinstance(value, dict):
         lines = []
@@ -92,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("up", "run everything on the embedded defaults (make up)")
-    command("serve", "run the gateway (proxy, health, metrics); projects the database into Redis first")
+    serve = command("serve", "run the gateway (proxy, health, metrics); projects the database into Redis first")
+    serve.add_argument("--workers", type=_workers, default=1,
+                       help="gateway processes on the one port (SO_REUSEPORT), each with its own Redis connection; "
+                            "SIGTERM or Ctrl-C stops them all, requests in flight finished and settled (default 1)")
     for name in WORKER_COMMANDS:
         sub.add_parser(name, help=f"billing worker: {name} (see `aihub {name} --help`)", add_help=False)
     sub.add_parser("member", help="an account's members: add, list, remove, token (see `aihub member --help`)",
@@ -112,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--currency", help="ISO 4217 code, fixed at creation (default: the catalog's)")
     create.add_argument("--language", default="en", choices=["en", "zh"], help="invoices and emails")
     create.add_argument("--id", dest="account_id")
+    create.add_argument("--bank-transfer", action="store_true",
+                        help="the account pays by bank transfer (a paid plan needs it, or a card added after "
+                             "creating the account on the free plan)")
     command("list-accounts", "every account with its subscription")
     show = command("show-account", "one account, its subscription, boosts and keys")
     show.add_argument("account")
@@ -197,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     mlist.add_argument("account")
     for p in (madd, mbank, mlist):
         p.add_argument("--json", action="store_true", help="print JSON")
-    phist = command("payments", "an account's payment history (attempts, states, refunds)")
+    phist = command("payments", "an account's payment history: attempts and their states, refunds, credit notes")
     phist.add_argument("account")
     audit = command("audit-log", "the newest admin actions")
     audit.add_argument("--account")
@@ -264,7 +277,7 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
         change = accounts.create_account(args.name, args.plan, country=args.country, region=args.region,
                                          billing_email=args.billing_email, tax_id=args.tax_id,
                                          currency=args.currency, language=args.language,
-                                         account_id=args.account_id, actor="cli")
+                                         account_id=args.account_id, bank_transfer=args.bank_transfer, actor="cli")
         issued, projected = accounts.issue_key(change.account["id"], actor="cli")
         warn_if_pending(projected)
         emit({"account": issued.account_id, "plan": args.plan, "key_id": issued.key_id, "api_key": issued.api_key},
@@ -287,8 +300,8 @@ def _admin(args: argparse.Namespace, store: Any, environ: Mapping[str, str]) -> 
     elif args.command in ("payment-method", "payments"):
         from billing_worker.payments import services
         payments, _ = services(store, environ)
-        if args.command == "payments":
-            emit(payments.history(args.account), out)
+        if args.command == "payments":       # unknown account: NotFound, exit 2
+            emit(payments.statement(args.account), out)
         elif args.method_command == "add":
             emit(payments.add_payment_method(args.account, args.method_id, provider=args.provider, actor="cli"), out)
         elif args.method_command == "bank-transfer":
@@ -450,9 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     from billing.errors import BillingError
     try:
         if args.command == "serve":
-            from gateway.server import serve
             settings = Settings.from_env()
             resync_at_start(environment())
+            if args.workers > 1:
+                from gateway.workers import supervise
+                return supervise(args.workers, settings.shutdown_grace_s)
+            from gateway.server import serve
             serve(settings)
         elif args.command == "up":
             from gateway.stack import run_stack

@@ -5,11 +5,15 @@ providers' keys, forwarding and organization headers never are); the gateway set
 operator's upstream key), `content-type` (of the body it checked), `accept-encoding` and `x-request-id`.
 Back to the client, only the upstream's content and timing headers are returned; the gateway adds its own
 rate, quota and request-id headers.
+
+Headers stay bytes as the ASGI server and the upstream connection carry them: one pass over the client's
+headers picks out what the proxy reads and what it forwards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 FORWARDED = frozenset({"accept", "accept-language", "user-agent", "openai-beta", "idempotency-key",
                        "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
@@ -19,25 +23,60 @@ NEVER_FORWARDED = frozenset({"authorization", "host", "content-length", "content
                              "api-key", "proxy-authorization", "x-request-id", "transfer-encoding", "connection"})
 RETURNED = frozenset({"content-type", "cache-control", "content-disposition", "openai-processing-ms",
                       "openai-version", "openai-model"})
+_RETURNED = frozenset(name.encode() for name in RETURNED)
+IDENTITY = (b"accept-encoding", b"identity")     # the gateway reads usage from the body
+JSON_TYPE = (b"content-type", b"application/json")
 
 
-def request_headers(raw: list[tuple[bytes, bytes]], upstream_key: str | None, request_id: str,
-                    content_type: str | None, forwarded: frozenset[str] = FORWARDED) -> dict[str, str]:
-    """Client request headers -> upstream request headers (allow-list `forwarded`; see the module doc)."""
-    out: dict[str, str] = {}
-    for name_raw, value in raw:
-        name = name_raw.decode("latin-1").lower()
-        if name in forwarded:
-            out[name] = value.decode("latin-1")
-    out["accept-encoding"] = "identity"   # the gateway reads usage from the body
-    out["x-request-id"] = request_id
+@dataclass(slots=True)
+class ClientHeaders:
+    """What the proxy reads from a request's headers (the first of each, as Starlette's `headers.get`), and the
+    ones it would forward (one value per name: the last one given)."""
+
+    authorization: bytes | None = None
+    content_length: bytes | None = None
+    forwarded: dict[bytes, bytes] | None = None
+
+
+def encoded(names: Iterable[str]) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in names)
+
+
+def read_headers(raw: Iterable[tuple[bytes, bytes]], forwarded: frozenset[bytes]) -> ClientHeaders:
+    """One pass over the request's headers (ASGI: names lowercased). A value with CR, LF or NUL (which no HTTP
+    parser lets through, but the upstream request is written by hand) is never forwarded."""
+    found = ClientHeaders(forwarded={})
+    assert found.forwarded is not None
+    for name, value in raw:
+        if name == b"authorization":
+            if found.authorization is None:
+                found.authorization = value
+        elif name == b"content-length":
+            if found.content_length is None:
+                found.content_length = value
+        elif name in forwarded and b"\r" not in value and b"\n" not in value and b"\0" not in value:
+            found.forwarded[name] = value
+    return found
+
+
+def request_headers(client: ClientHeaders, upstream_auth: tuple[bytes, bytes] | None, request_id: bytes,
+                    content_type: bytes | None) -> list[tuple[bytes, bytes]]:
+    """Client request headers -> upstream request headers (the allow-list; see the module doc)."""
+    out = list(client.forwarded.items()) if client.forwarded else []
+    out.append(IDENTITY)
+    out.append((b"x-request-id", request_id))
     if content_type:
-        out["content-type"] = content_type
-    if upstream_key:
-        out["authorization"] = f"Bearer {upstream_key}"
+        out.append((b"content-type", content_type))
+    if upstream_auth is not None:
+        out.append(upstream_auth)
     return out
 
 
-def response_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Upstream response headers -> client response headers (allow-list)."""
-    return {name.lower(): value for name, value in pairs if name.lower() in RETURNED}
+def response_headers(pairs: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers (names lowercased) -> client response headers (allow-list)."""
+    return [(name, value) for name, value in pairs if name in _RETURNED]
+
+
+def raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """Header dict (the gateway's own headers) -> ASGI header pairs."""
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]

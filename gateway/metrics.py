@@ -1,6 +1,14 @@
-"""Prometheus metrics of the gateway (served at /metrics)."""
+"""Prometheus metrics of the gateway (served at /metrics).
+
+Labelled metrics on the request path go through LabelCache: `labels(...)` takes a lock and builds a key on every
+call; the cache hands back the child for label values seen before (their number is bounded by the catalog's
+routes, statuses, models and upstreams).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -20,6 +28,20 @@ SETTLE_ERRORS = Counter("aihub_settle_rejected_total", "Settles the script refus
                         registry=REGISTRY)
 USAGE_INVALID = Counter("aihub_usage_invalid_total", "Upstream usage objects rejected as malformed",
                         registry=REGISTRY)
+
+
+class LabelCache:
+    """`cache.get(*labels)`: the metric's child for these label values, looked up once."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric: Counter | Histogram = metric
+        self.children: dict[Hashable, Any] = {}
+
+    def get(self, *labels: str | int) -> Any:
+        child = self.children.get(labels)
+        if child is None:
+            child = self.children[labels] = self.metric.labels(*map(str, labels))
+        return child
 
 
 def render() -> bytes:

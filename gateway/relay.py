@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.sse import SSESplitter, event_json
+from gateway.upstream import UpstreamResponse
 from gateway.usage import TokenCounts, parse_usage
 
 BROKEN_STREAM = (b'event: error\ndata: {"error": {"message": "The upstream broke off the stream; the answer is '
@@ -38,8 +38,8 @@ def _is_usage_event(event: bytes) -> bool:
     return b'"usage"' in event and b'"usage":null' not in event and b'"usage": null' not in event
 
 
-async def relay_sse(response: aiohttp.ClientResponse, strip_usage_chunk: bool,
-                    finish: Finish) -> AsyncIterator[bytes]:
+async def relay_sse(response: UpstreamResponse, strip_usage_chunk: bool,
+                    finish: Finish) -> AsyncGenerator[bytes, None]:
     """Yields complete SSE events as they arrive; reads usage from the final chunk.
 
     `strip_usage_chunk`: the gateway asked for usage on the client's behalf, so the usage-only chunk
@@ -49,7 +49,7 @@ async def relay_sse(response: aiohttp.ClientResponse, strip_usage_chunk: bool,
     tokens: TokenCounts | None = None
     outcome = "client_cancel"
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.chunks():
             out = []
             for event in splitter.feed(chunk):
                 if _is_usage_event(event):
@@ -64,8 +64,8 @@ async def relay_sse(response: aiohttp.ClientResponse, strip_usage_chunk: bool,
         rest = splitter.rest()
         if rest:
             yield rest
-        outcome = "ok" if response.content.at_eof() else "upstream_error"
-    except (TimeoutError, aiohttp.ClientError):
+        outcome = "ok" if response.complete else "upstream_error"
+    except OSError:            # TimeoutError, the upstream gone (UpstreamBroken, resets)
         outcome = "upstream_error"
     finally:
         response.close()   # aborts the upstream request when the client went away

@@ -1,0 +1,81 @@
+"""The answers of the `/v1` routes and how they are sent over raw ASGI (no Request or Response objects).
+
+A whole answer is two ASGI messages with a `content-length`. A stream is sent chunk by chunk while a watcher
+waits for the client to go away: then the stream is cancelled at once (its upstream request closed and its
+settle run by the relay), as Starlette's StreamingResponse did, instead of relaying to nobody until the upstream
+ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from starlette.types import Receive, Send
+
+from gateway.errors import GatewayError
+from gateway.headers import JSON_TYPE, raw
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: Headers
+    body: bytes = b""
+    stream: AsyncGenerator[bytes, None] | None = None     # set: the body is sent as it comes (chunked)
+
+
+def error_reply(exc: GatewayError) -> Reply:
+    return Reply(exc.status, [JSON_TYPE, *raw(exc.headers)] if exc.headers else [JSON_TYPE], exc.body())
+
+
+async def send_reply(reply: Reply, receive: Receive, send: Send) -> None:
+    if reply.stream is None:
+        reply.headers.append((b"content-length", b"%d" % len(reply.body)))
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
+        return
+    await _send_stream(reply.status, reply.headers, reply.stream, receive, send)
+
+
+class _Watch:
+    __slots__ = ("gone", "streaming")
+
+    def __init__(self) -> None:
+        self.streaming = True
+        self.gone = False
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch: _Watch) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    if watch.streaming:
+        watch.gone = True
+        task.cancel()
+
+
+async def _send_stream(status: int, headers: Headers, stream: AsyncGenerator[bytes, None], receive: Receive,
+                       send: Send) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    watch = _Watch()
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, watch))
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        watch.streaming = False
+        await send({"type": "http.response.body", "body": b""})
+    except asyncio.CancelledError:
+        if not watch.gone:
+            raise                      # the server is stopping: not ours to swallow
+        task.uncancel()                # the client went away: the stream is closed below, nothing to send
+    finally:
+        watch.streaming = False
+        watcher.cancel()
+        with contextlib.suppress(Exception):
+            await stream.aclose()      # runs the relay's clean-up (upstream closed, settle) if it did not end
