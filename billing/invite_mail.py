@@ -7,10 +7,9 @@ returned once by the API, on); an SMTP failure raises InviteMailError (the invit
 from __future__ import annotations
 
 import smtplib
-import ssl
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 
+from billing import mail
 from billing.errors import BillingError
 from billing.notifications_settings import SmtpSettings
 
@@ -22,7 +21,6 @@ class InviteMailError(BillingError):
 
 def invite_message(sender: str, email: str, account_name: str, role: str, token: str, url: str,
                    language: str = "en") -> EmailMessage:
-    message = EmailMessage()
     if language.startswith("zh"):
         subject = f"[AI Hub] 邀请您加入 {account_name}"
         text = (f"您被邀请以“{role}”角色加入 AI Hub 账户 {account_name}。\n\n"
@@ -33,25 +31,15 @@ def invite_message(sender: str, email: str, account_name: str, role: str, token:
         text = (f"You have been invited to the AI Hub account {account_name} as {role}.\n\n"
                 f"Open {url}/dashboard, choose \"Accept an invitation\" and paste this one-time token "
                 f"(valid for 7 days):\n\n{token}\n\nIf you did not expect this, ignore this message.\n\n-- AI Hub")
-    message["From"], message["To"], message["Subject"] = sender, email, subject
-    message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
-    message.set_content(text, charset="utf-8")
-    return message
+    return mail.new_message(sender, email, subject, text)
 
 
 def send_invite(smtp: SmtpSettings | None, email: str, account_name: str, role: str, token: str, url: str,
                 language: str = "en") -> bool:
     if smtp is None:
         return False
-    message = invite_message(smtp.sender, email, account_name, role, token, url, language)
     try:
-        with smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout_s) as client:
-            if smtp.starttls:
-                client.starttls(context=ssl.create_default_context())
-            if smtp.user:
-                client.login(smtp.user, smtp.password or "")
-            client.send_message(message)
+        mail.send(smtp, invite_message(smtp.sender, email, account_name, role, token, url, language))
     except (OSError, smtplib.SMTPException) as exc:
         raise InviteMailError(f"The invitation was made but its email could not be sent: {exc}") from None
     return True

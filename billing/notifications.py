@@ -28,15 +28,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import smtplib
-import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
 import orjson
@@ -44,6 +41,7 @@ from sqlalchemy import exists, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from billing import mail
 from billing.db.models import Account, Delivery, Invoice, Notification, NotificationSettings
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.notifications_settings import SmtpSettings
@@ -389,18 +387,9 @@ def _send_email(job: _Job, smtp: SmtpSettings) -> str:
     if not job.email:
         raise _GiveUp("the account has no billing email")
     subject, text = render_email(job.notification.kind, job.notification.payload, job.language, job.account_name)
-    message = EmailMessage()
-    message["From"], message["To"], message["Subject"] = smtp.sender, job.email, subject
-    message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = make_msgid(domain=smtp.sender.rpartition("@")[2] or None)
+    message = mail.new_message(smtp.sender, job.email, subject, text)
     message["X-AIHub-Notification-Id"] = str(job.notification.id)
-    message.set_content(text, charset="utf-8")
-    with smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout_s) as client:
-        if smtp.starttls:
-            client.starttls(context=ssl.create_default_context())
-        if smtp.user:
-            client.login(smtp.user, smtp.password or "")
-        client.send_message(message)
+    mail.send(smtp, message)
     return job.email
 
 

@@ -28,25 +28,8 @@ from dataclasses import replace
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway.server import GracefulServer, uvicorn_config
+from gateway.server import GracefulServer, reuse_port_socket, uvicorn_config
 from gateway.settings import Settings
-
-
-def reuseport_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening TCP socket on host:port that other processes of this user may bind too (SO_REUSEPORT)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.set_inheritable(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class ReadyServer(GracefulServer):
@@ -91,7 +74,7 @@ def run_proxy(ready_fd: int | None) -> int:
     settings = Settings.from_env()
     with early_stop() as stopped:
         config = uvicorn_config(create_app(settings), settings)
-        sock = reuseport_socket(settings.host, settings.port, config.backlog)
+        sock = reuse_port_socket(settings.host, settings.port, config.backlog)
         server = ReadyServer(config, settings.shutdown_grace_s, ready_fd, stopped)
         server.run(sockets=[sock])           # uvicorn closes the socket when it stops accepting
     return 0 if server.started else 1
