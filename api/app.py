@@ -13,7 +13,10 @@ import pkgutil
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
 
 import api.routes
 from api.auth import current_caller
@@ -82,9 +85,24 @@ def guard(request: Request) -> None:
         caller.require(str(permission), request.path_params.get("account_id"))
 
 
+def add_docs_page(app: FastAPI) -> None:
+    """`/docs`: Swagger UI (5.x, OpenAPI 3.1) served from the `swagger-ui-bundle-v2` package under
+    `/docs-static/`, so the page works without a CDN."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{TITLE}: docs",
+                                   swagger_js_url=f"{root}/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/docs-static/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs-static/favicon-32x32.png")
+    app.add_route("/docs", docs, include_in_schema=False)
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
+
+
 def create_api(ctx: ApiContext) -> FastAPI:
     """The API as an ASGI app, to mount at `/api`."""
-    app = FastAPI(title=TITLE, version="1", openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
+    app = FastAPI(title=TITLE, version="1", openapi_url="/openapi.json", docs_url=None, redoc_url=None,
                   swagger_ui_oauth2_redirect_url=None, dependencies=[Depends(guard)])
     app.state.ctx = ctx
     for exc, handler in HANDLERS.items():
@@ -92,6 +110,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     for module in route_modules():
         app.include_router(module.router, prefix="/v1")
     app.router.redirect_slashes = False          # `/v1/me/` is not a path of ours: 404, not a redirect
+    add_docs_page(app)
     app.add_middleware(ApiGuard, ctx=ctx)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

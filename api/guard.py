@@ -54,7 +54,7 @@ class ApiGuard:
         path = scope.get("path", "")
         root = scope.get("root_path", "")
         local = path[len(root):] if root and path.startswith(root) else path
-        if local not in PUBLIC_PATHS:
+        if local not in PUBLIC_PATHS and not local.startswith("/docs-static/"):
             try:
                 scope.setdefault("state", {})["caller"] = await run_in_threadpool(
                     authenticate, self.ctx, bearer_token(headers.get("authorization", "")))

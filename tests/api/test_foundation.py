@@ -198,3 +198,11 @@ def test_members_cannot_enable_bank_transfer(client: TestClient, tenant: Any) ->
     assert client.post(f"/api/v1/accounts/{free.account_id}/payment-methods", headers=operator(),
                        json={"provider": "bank_transfer"}).status_code == 201
     assert t
+
+
+def test_the_docs_page_needs_no_cdn(client: TestClient) -> None:
+    page = client.get("/api/docs").text
+    assert "cdn." not in page and "/api/docs-static/swagger-ui-bundle.js" in page and "/api/openapi.json" in page
+    script = client.get("/api/docs-static/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+    assert client.get("/api/docs-static/nothing.js").status_code == 404
