@@ -111,6 +111,8 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error_response(404, "unknown_url", f"No API resource at {request.url.path}.")
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):     # FastAPI: not UTF-8, not JSON
+        return error_response(400, "invalid_json", "The body is not valid JSON (UTF-8).")
     if exc.status_code == 413:
         return error_response(413, "request_too_large", str(exc.detail))
     if exc.status_code == 405:

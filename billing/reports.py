@@ -66,7 +66,7 @@ def months(first: str, last: str) -> list[Period]:
     """The months from `first` to `last` (YYYY-MM), both included."""
     start, end = parse_period(first), parse_period(last)
     if (start.year, start.month) > (end.year, end.month):
-        raise InvalidInput(f"--from {first} is after --to {last}.", code="bad_range")
+        raise InvalidInput(f"The first month ({first}) is after the last ({last}).", code="bad_range")
     out: list[Period] = []
     year, month = start.year, start.month
     while (year, month) <= (end.year, end.month):

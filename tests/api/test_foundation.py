@@ -206,3 +206,10 @@ def test_the_docs_page_needs_no_cdn(client: TestClient) -> None:
     script = client.get("/api/docs-static/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
     assert client.get("/api/docs-static/nothing.js").status_code == 404
+
+
+def test_a_body_that_is_not_utf8_is_invalid_json(client: TestClient, tenant: Any) -> None:
+    t = tenant("pro")
+    response = client.post(f"/api/v1/accounts/{t.account_id}/keys", content=b'{"name": "\xff\xfe"}',
+                           headers={**t.h(), "Content-Type": "application/json"})
+    assert response.status_code == 400 and error_code(response) == "invalid_json"

@@ -87,8 +87,9 @@ export async function loadForecast(accountId, current) {
       ? h("p", { class: "alert alert-warn" }, `About ${fmt.int(f.projected_overage_calls)} calls past the allowance.`)
       : null,
     lines,
-    h("p", { class: "footnote" }, `${fmt.int(f.calls_so_far)} calls in the first ${f.elapsed_days} of `,
-      `${f.days_in_period} days, as of ${fmt.dateTime(f.now)}.`));
+    h("p", { class: "footnote" }, `${fmt.int(f.calls_so_far)} calls in the first `,
+      Number(f.elapsed_days) < 1 ? "day" : `${f.elapsed_days} days`,
+      ` of ${f.days_in_period}, as of ${fmt.dateTime(f.now)}.`));
 }
 
 // -- usage ---------------------------------------------------------------------------------------------------
