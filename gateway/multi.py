@@ -37,6 +37,7 @@ from gateway.errors import ConfigError
 from gateway.runtime import Runtime, read_runtime, runtime_path
 from gateway.server import CANCELLED_WAIT_S
 from gateway.settings import ROOT, Env, Settings, var_dir
+from gateway.workers import wait_or_kill
 
 log = logging.getLogger("aihub.stack")
 START_TIMEOUT_S = 120.0       # migrations of a new chDB directory included
@@ -125,14 +126,11 @@ class Child:
     def wait(self, timeout: float) -> bool:
         """Waits for it to exit; killed after `timeout`. True when it stopped by itself with status 0."""
         try:
-            code = self.proc.wait(max(timeout, 0.1))
-        except subprocess.TimeoutExpired:
-            log.error("%s (pid %d) did not stop within %.0fs: killed", self.name, self.pid, timeout)
-            self.proc.kill()
-            self.proc.wait(10)
-            return False
+            code = wait_or_kill(self.proc, timeout, self.name)
         finally:
             self.close_pipe()
+        if code is None:
+            return False
         if code != 0:
             log.error("%s (pid %d) exited with status %d", self.name, self.pid, code)
         return code == 0

@@ -40,6 +40,17 @@ RESTART_EVERY_S = 1.0
 PR_SET_PDEATHSIG = 1
 
 
+
+def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float, label: str) -> int | None:
+    """Waits for a child to exit: its status, or None when it did not stop within `timeout` (then it is killed)."""
+    try:
+        return proc.wait(max(timeout, 0.1))
+    except subprocess.TimeoutExpired:
+        log.error("%s (pid %d) did not stop within %.0fs: killed", label, proc.pid, timeout)
+        proc.kill()
+        proc.wait(10)
+        return None
+
 class WorkersError(RuntimeError):
     """A worker did not start."""
 
@@ -101,12 +112,8 @@ class Worker:
 
     def wait(self, timeout: float) -> bool:
         """Waits for it to exit (killed after `timeout`); True when it stopped by itself with status 0."""
-        try:
-            code = self.proc.wait(max(timeout, 0.1))
-        except subprocess.TimeoutExpired:
-            log.error("worker %d (pid %d) did not stop within %.0fs: killed", self.number, self.pid, timeout)
-            self.proc.kill()
-            self.proc.wait(10)
+        code = wait_or_kill(self.proc, timeout, f"worker {self.number}")
+        if code is None:
             return False
         if code == -signal.SIGTERM and not self.ready:
             return True            # stopped before it served (before Python could install a handler)
