@@ -31,7 +31,6 @@ from gateway.headers import (
     NEVER_FORWARDED,
     ClientHeaders,
     encoded,
-    raw,
     read_headers,
     request_headers,
     response_headers,
@@ -186,9 +185,9 @@ class Proxy:
             if not self.plan_allows(admission.plan, model):
                 raise errors.PermissionDenied(f"The model `{wanted}` is not available on the {admission.plan} plan.",
                                               param="model")
-            return Reply(200, [JSON_TYPE, *raw(admission.headers())], orjson.dumps(self._model_object(model)))
+            return Reply(200, [JSON_TYPE, *admission.header_pairs()], orjson.dumps(self._model_object(model)))
         data = [self._model_object(m) for m in self.catalog.models.values() if self.plan_allows(admission.plan, m)]
-        return Reply(200, [JSON_TYPE, *raw(admission.headers())], orjson.dumps({"object": "list", "data": data}))
+        return Reply(200, [JSON_TYPE, *admission.header_pairs()], orjson.dumps({"object": "list", "data": data}))
 
     @staticmethod
     def _model_object(model: Model) -> dict[str, Any]:
@@ -225,7 +224,7 @@ class Proxy:
         if status >= 500 or status in HIDDEN_STATUSES:
             await self._hidden_failure(response, upstream, admission, finish)
         out_headers = response_headers(response.headers)
-        out_headers += raw(admission.headers())
+        out_headers += admission.header_pairs()
         if streaming and status == 200 and b"text/event-stream" in (response.header(b"content-type") or b""):
             return Reply(status, out_headers, stream=relay_sse(response, strip_usage, finish))
         try:

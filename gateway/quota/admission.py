@@ -8,7 +8,7 @@ from gateway.keys import AccountKeys, ParsedKey
 from gateway.quota.periods import Period
 
 
-@dataclass
+@dataclass(slots=True)
 class Admission:
     rid: str
     key: ParsedKey
@@ -45,8 +45,23 @@ class Admission:
             headers["x-quota-reset"] = self.period.reset_iso
         return headers
 
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as ASGI header pairs (the proxy's answers), built without the dict."""
+        if self.degraded:
+            return []
+        pairs = [(b"x-ratelimit-limit-requests", b"%d" % self.burst),
+                 (b"x-ratelimit-remaining-requests", b"%d" % self.rate_remaining),
+                 (b"x-ratelimit-reset-requests", b"%.3fs" % (self.rate_reset_ms / 1000))]
+        if self.billable:
+            if self.limit < 0:
+                pairs += ((b"x-quota-limit", b"unlimited"), (b"x-quota-remaining", b"unlimited"))
+            else:
+                pairs += ((b"x-quota-limit", b"%d" % self.limit), (b"x-quota-remaining", b"%d" % self.remaining))
+            pairs.append((b"x-quota-reset", self.period.reset_iso.encode()))
+        return pairs
 
-@dataclass
+
+@dataclass(slots=True)
 class Usage:
     """What happened upstream; validated token counts (see gateway.usage)."""
 

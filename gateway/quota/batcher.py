@@ -1,7 +1,10 @@
 """Coalesces script calls made in the same event-loop tick into one round trip per Redis server.
 
 `Coalescer` is the tick queue both batchers share: `call` queues, one `call_soon` flushes the tick, every
-call is finished exactly once (`drain` waits for that). `ScriptBatcher` is the single Redis: a tick's calls
+call is finished exactly once (`drain` waits for that). `submit` (the settles: nobody waits for them) queues
+without a flush of its own: the call travels with the next tick's calls, or alone after LATER_S, so that a
+loaded gateway makes one write per tick rather than one more per settle (on loopback a write costs about as
+much as the rest of a settle). `ScriptBatcher` is the single Redis: a tick's calls
 are packed with hiredis and written at once on one pipelined connection (`RespPipe`): no task, pool
 checkout or lock per call; replies resolve the futures in order. redis-py's pipelines were the gateway's
 largest quota cost. On a Redis Cluster, `ClusterBatcher` (cluster_batcher.py) does the same per primary.
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -18,19 +23,29 @@ from redis.exceptions import NoScriptError
 
 from gateway.quota.resp_pipe import RespPipe
 
+log = logging.getLogger("aihub.quota")
+LATER_S = 0.002   # the longest a `submit` call (a settle) waits for a tick's calls to travel with: on a loaded
+                  # gateway it shares their write (one syscall per tick, not one per settle)
+
+
+Done = Callable[[Any, BaseException | None], None]    # (reply, None) or (None, error): a call's outcome
+
 
 class Call:
     """One script call, with the cluster's routing state: the node it goes to next or went to last (`addr`,
-    empty: by the slot map), ASKING before it, NOSCRIPT handled, redirections followed, TRYAGAIN retries."""
+    empty: by the slot map), ASKING before it, NOSCRIPT handled, redirections followed, TRYAGAIN retries.
+    Its outcome goes to `future` (`Coalescer.call`) or to `done` (`Coalescer.submit`: no future, no task wake-up)."""
 
-    __slots__ = ("addr", "args", "asking", "deadline", "future", "keys", "redirects", "reload", "reloaded",
+    __slots__ = ("addr", "args", "asking", "deadline", "done", "future", "keys", "redirects", "reload", "reloaded",
                  "retries", "script")
 
-    def __init__(self, script: Any, keys: list[str], args: list[Any], future: asyncio.Future[Any]) -> None:
+    def __init__(self, script: Any, keys: list[str], args: list[Any], future: asyncio.Future[Any] | None,
+                 done: Done | None = None) -> None:
         self.script = script
         self.keys = keys
         self.args = args
         self.future = future
+        self.done = done
         self.addr = ""
         self.asking = False
         self.reload = False       # write SCRIPT LOAD before the next send (NOSCRIPT seen)
@@ -39,9 +54,14 @@ class Call:
         self.retries = 0          # TRYAGAIN retries
         self.deadline = 0.0       # no TRYAGAIN retry after this (monotonic; set by the first one)
 
+    @property
+    def waited_for(self) -> bool:
+        """False once the caller stopped waiting (its future cancelled); a `submit` call is always waited for."""
+        return self.future is None or not self.future.done()
+
     def packed(self) -> bytes:
-        command: tuple[Any, ...] = ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
-        return bytes(hiredis.pack_command(command))
+        packed: bytes = hiredis.pack_command(("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args))
+        return packed
 
 
 class Coalescer:
@@ -52,6 +72,7 @@ class Coalescer:
         self.timeout_s = timeout_s
         self._queue: list[Call] = []
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None   # the flush of calls nobody waits for (LATER_S)
         self._tasks: set[asyncio.Task[None]] = set()
         self._outstanding = 0     # calls not finished yet (queued, in flight, waiting for a retry)
 
@@ -61,6 +82,14 @@ class Coalescer:
         self._enqueue(Call(script, keys, args, future))
         return future
 
+    def submit(self, script: Any, keys: list[str], args: list[Any], done: Done) -> None:
+        """As `call`, for a caller that does not wait: `done(reply, None)` or `done(None, error)` is called once,
+        from the reply (the settles: no future, no callback scheduled per call)."""
+        self._outstanding += 1
+        self._queue.append(Call(script, keys, args, None, done))
+        if not self._scheduled and self._timer is None:   # rides with the next tick's calls, or alone LATER_S on
+            self._timer = asyncio.get_running_loop().call_later(LATER_S, self._flush)
+
     def _enqueue(self, call: Call) -> None:
         self._queue.append(call)
         if not self._scheduled:
@@ -69,8 +98,12 @@ class Coalescer:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         queue, self._queue = self._queue, []
-        self._send_tick(queue)
+        if queue:
+            self._send_tick(queue)
 
     def _send_tick(self, calls: list[Call]) -> None:
         raise NotImplementedError
@@ -79,6 +112,13 @@ class Coalescer:
         """The one place a call ends (its future may have been cancelled by the caller meanwhile)."""
         self._outstanding -= 1
         future = call.future
+        if future is None:
+            assert call.done is not None
+            try:
+                call.done(result, exc)
+            except Exception:                 # a bug in a callback must not stall the replies behind it
+                log.exception("script call callback failed")
+            return
         if future.done():
             return
         if exc is None:
@@ -145,7 +185,7 @@ class ScriptBatcher(Coalescer):
     def _complete(self, call: Call, reply: Any, exc: BaseException | None) -> None:
         if exc is None:
             self._finish(call, reply)
-        elif isinstance(exc, NoScriptError) and not call.reloaded and not call.future.done():
+        elif isinstance(exc, NoScriptError) and not call.reloaded and call.waited_for:
             call.reloaded = True
             self._spawn(self._reload_and_retry(call))
         else:
@@ -184,3 +224,4 @@ class ScriptBatcher(Coalescer):
     def _close_connections(self) -> None:
         if self.pipe is not None:
             self.pipe.close()
+

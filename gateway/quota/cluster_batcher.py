@@ -139,7 +139,7 @@ class ClusterBatcher(Coalescer):
     def _complete(self, call: Call, reply: Any, exc: BaseException | None) -> None:
         if exc is None:
             self._finish(call, reply)
-        elif call.future.done():                 # the caller stopped waiting: no resend
+        elif not call.waited_for:                 # the caller stopped waiting: no resend
             self._finish(call, exc=exc)
         elif isinstance(exc, NoScriptError) and not call.reloaded:
             call.reloaded = call.reload = True

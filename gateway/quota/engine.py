@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -178,21 +179,29 @@ class QuotaEngine:
              admission.period.name, admission.ts_start_ms, admission.limit,
              admission.period.end_s + self.grace_s, admission.calls])
 
-    def settle_soon(self, admission: Admission, usage: Usage) -> asyncio.Future[Any] | None:
+    def settle_soon(self, admission: Admission, usage: Usage,
+                    settled: asyncio.Future[None] | None = None) -> None:
         """Queues the settle for the next round trip, off the response's critical path. If Redis cannot
-        take it, the settle goes to the spool and is replayed later; the returned future never fails."""
+        take it, the settle goes to the spool and is replayed later. `settled` (optional) is resolved once
+        Redis answered or the settle was spooled; it never fails."""
         if admission.settled:
-            return None
+            if settled is not None:
+                settled.set_result(None)
+            return
         admission.settled = True
         keys, args = self.settle_args(admission, usage, int(self.clock() * 1000))
-        future = self.batcher.call(self.scripts["settle"], keys, args)
-        future.add_done_callback(lambda done: self._settled(done, keys, args))
-        return future
+        self.batcher.submit(self.scripts["settle"], keys, args, functools.partial(self._settled, keys, args, settled))
 
-    def _settled(self, future: asyncio.Future[Any], keys: list[str], args: list[Any]) -> None:
-        exc: BaseException | None = ConnectionError("settle cancelled") if future.cancelled() else future.exception()
-        if exc is None:
-            return
+    def _settled(self, keys: list[str], args: list[Any], settled: asyncio.Future[None] | None, reply: Any,
+                 exc: BaseException | None) -> None:
+        try:
+            if exc is not None:
+                self._settle_failed(keys, args, exc)
+        finally:
+            if settled is not None and not settled.done():
+                settled.set_result(None)
+
+    def _settle_failed(self, keys: list[str], args: list[Any], exc: BaseException) -> None:
         if type(exc) is ResponseError:      # a plain error reply: the script refused these arguments;
             SETTLE_ERRORS.inc()             # LOADING, READONLY, OOM, ... are subclasses and are retried
             log.error("settle refused by Redis (%s): %s", exc, args)
@@ -203,9 +212,9 @@ class QuotaEngine:
 
     async def settle(self, admission: Admission, usage: Usage) -> None:
         """Settles now and waits for the outcome (the reaper and tests); failures are spooled likewise."""
-        future = self.settle_soon(admission, usage)
-        if future is not None:
-            await asyncio.wait([future])
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.settle_soon(admission, usage, settled)
+        await settled
 
     async def replay_spool(self) -> int:
         """Replays spooled settles once Redis answers; exactly once thanks to settle's done marker."""
