@@ -22,10 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -33,11 +31,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from gateway.children import ChildNotReady, ReadyChild
 from gateway.errors import ConfigError
 from gateway.runtime import Runtime, read_runtime, runtime_path
 from gateway.server import CANCELLED_WAIT_S
 from gateway.settings import ROOT, Env, Settings, var_dir
-from gateway.workers import wait_or_kill
 
 log = logging.getLogger("aihub.stack")
 START_TIMEOUT_S = 120.0       # migrations of a new chDB directory included
@@ -72,68 +70,17 @@ class StackSettings:
         return settings
 
 
-class Child:
-    """One role process (gateway.multi_roles) in its own session, with the pipe it writes 'ready' to."""
+def start_role(name: str, args: Sequence[str], env: Mapping[str, str]) -> ReadyChild:
+    """`python -m gateway.multi_roles ARGS --ready-fd N` in its own session; its ready line's words: the paths it
+    serves (the API process)."""
+    return ReadyChild(name, ["gateway.multi_roles", *args], env, log=log, start_timeout_s=START_TIMEOUT_S)
 
-    def __init__(self, name: str, args: Sequence[str], env: Mapping[str, str]) -> None:
-        self.name = name
-        read_end, write_end = os.pipe()
-        try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway.multi_roles", *args,
-                                          "--ready-fd", str(write_end)],
-                                         env=dict(env), cwd=ROOT, stdin=subprocess.DEVNULL, pass_fds=(write_end,),
-                                         start_new_session=True)
-        except BaseException:
-            os.close(read_end)
-            raise
-        finally:
-            os.close(write_end)
-        self.ready_fd = read_end
-        self.paths: list[str] = []
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_ready(self, deadline: float, stopping: threading.Event) -> None:
-        """Until the child wrote its ready line; StackError when it exits first or the deadline passes."""
-        data = b""
-        while not data.endswith(b"\n"):
-            if stopping.is_set():
-                raise Interrupted
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise StackError(f"{self.name} (pid {self.pid}) did not start within {START_TIMEOUT_S:.0f}s")
-            readable, _, _ = select.select([self.ready_fd], [], [], min(0.2, remaining))
-            if readable:
-                chunk = os.read(self.ready_fd, 4096)
-                if not chunk:
-                    raise StackError(f"{self.name} (pid {self.pid}) exited with status {self.proc.wait()} before "
-                                     "it served (its log is above)")
-                data += chunk
-        self.close_pipe()
-        self.paths = data.decode().split()[1:]
-
-    def close_pipe(self) -> None:
-        if self.ready_fd >= 0:
-            os.close(self.ready_fd)
-            self.ready_fd = -1
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-
-    def wait(self, timeout: float) -> bool:
-        """Waits for it to exit; killed after `timeout`. True when it stopped by itself with status 0."""
-        try:
-            code = wait_or_kill(self.proc, timeout, self.name)
-        finally:
-            self.close_pipe()
-        if code is None:
-            return False
-        if code != 0:
-            log.error("%s (pid %d) exited with status %d", self.name, self.pid, code)
-        return code == 0
+def wait_ready(child: ReadyChild, deadline: float, stopping: threading.Event) -> None:
+    """Until the child wrote its ready line; ChildNotReady when it exits first or the deadline passes, Interrupted
+    when a stop signal came meanwhile."""
+    if not child.wait_ready(deadline, stopping):
+        raise Interrupted
 
 
 class Processes:
@@ -142,25 +89,25 @@ class Processes:
     def __init__(self, env: Mapping[str, str], proxy_stop_s: float) -> None:
         self.env = env
         self.proxy_stop_s = proxy_stop_s
-        self.worker: Child | None = None
-        self.proxies: list[Child] = []
+        self.worker: ReadyChild | None = None
+        self.proxies: list[ReadyChild] = []
 
-    def all(self) -> list[Child]:
+    def all(self) -> list[ReadyChild]:
         return [*self.proxies, *([self.worker] if self.worker else [])]
 
-    def start_worker(self, api_port: int, deadline: float, stopping: threading.Event) -> Child:
-        self.worker = Child("worker + API", ["api-worker", "--port", str(api_port)], self.env)
-        self.worker.wait_ready(deadline, stopping)
+    def start_worker(self, api_port: int, deadline: float, stopping: threading.Event) -> ReadyChild:
+        self.worker = start_role("worker + API", ["api-worker", "--port", str(api_port)], self.env)
+        wait_ready(self.worker, deadline, stopping)
         return self.worker
 
-    def start_proxies(self, count: int, deadline: float, stopping: threading.Event) -> list[Child]:
+    def start_proxies(self, count: int, deadline: float, stopping: threading.Event) -> list[ReadyChild]:
         for n in range(1, count + 1):        # kept as they start: a failed start still stops the earlier ones
-            self.proxies.append(Child(f"proxy {n}", ["proxy"], self.env))
+            self.proxies.append(start_role(f"proxy {n}", ["proxy"], self.env))
         for proxy in self.proxies:
-            proxy.wait_ready(deadline, stopping)
+            wait_ready(proxy, deadline, stopping)
         return self.proxies
 
-    def exited(self) -> Child | None:
+    def exited(self) -> ReadyChild | None:
         return next((child for child in self.all() if child.proc.poll() is not None), None)
 
     def stop(self) -> bool:
@@ -225,7 +172,7 @@ def processes_banner(stack: StackSettings, processes: Processes, env: Mapping[st
     return "\n".join([
         "Processes (make stack; Ctrl-C stops them in order: proxies, worker, upstream, Redis):",
         f"  proxies       {stack.proxies} on http://{stack.host}:{stack.port} (SO_REUSEPORT), pids {pids}",
-        f"  worker + API  pid {worker.pid}; API on {api}: {' '.join(worker.paths)}",
+        f"  worker + API  pid {worker.pid}; API on {api}: {' '.join(worker.ready_words)}",
         f"                ClickHouse {redact(clickhouse_url)} (owned by this process)",
         f"  Redis         {redact(env['REDIS_URL'])}{' (private)' if private_redis else ' (REDIS_URL)'}",
         f"  upstream      {env['AIHUB_UPSTREAM_DEFAULT_URL']}"
@@ -260,7 +207,7 @@ def run_multi_stack() -> int:
         env["CLICKHOUSE_URL"] = worker_settings.clickhouse_url      # the children open the same one
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         processes = Processes(env, settings.shutdown_grace_s + CANCELLED_WAIT_S + 10)
-        failed: Child | None = None
+        failed: ReadyChild | None = None
         try:
             operator_token = ensure_operator_token(env)        # in env before the API process starts
             seeded = resync_and_seed(env)
@@ -298,7 +245,7 @@ def main() -> int:
     except ConfigError as exc:
         sys.stderr.write(f"aihub stack: {exc}\n")
         return 2
-    except StackError as exc:
+    except (StackError, ChildNotReady) as exc:
         sys.stderr.write(f"aihub stack: {exc}\n")
         return 1
 

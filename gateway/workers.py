@@ -23,14 +23,13 @@ import contextlib
 import ctypes
 import logging
 import os
-import select
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 
+from gateway.children import ChildNotReady, ReadyChild
 from gateway.server import CANCELLED_WAIT_S, serve
 from gateway.settings import ROOT
 
@@ -40,86 +39,23 @@ RESTART_EVERY_S = 1.0
 PR_SET_PDEATHSIG = 1
 
 
-
-def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float, label: str) -> int | None:
-    """Waits for a child to exit: its status, or None when it did not stop within `timeout` (then it is killed)."""
-    try:
-        return proc.wait(max(timeout, 0.1))
-    except subprocess.TimeoutExpired:
-        log.error("%s (pid %d) did not stop within %.0fs: killed", label, proc.pid, timeout)
-        proc.kill()
-        proc.wait(10)
-        return None
-
-class WorkersError(RuntimeError):
-    """A worker did not start."""
-
-
 def _die_with_parent() -> None:      # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class Worker:
-    """One worker process and the pipe it writes its ready line to."""
+class Worker(ReadyChild):
+    """One worker process (`python -m gateway.workers --ready-fd N`), killed by the kernel when the supervisor
+    dies; `number` from 1."""
 
     def __init__(self, number: int, env: Mapping[str, str]) -> None:
+        super().__init__(f"worker {number}", ["gateway.workers"], env, log=log, start_timeout_s=START_TIMEOUT_S,
+                         preexec_fn=_die_with_parent)
         self.number = number
-        read_end, write_end = os.pipe()
-        try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway.workers", "--ready-fd", str(write_end)],
-                                         env=dict(env), cwd=ROOT, stdin=subprocess.DEVNULL, pass_fds=(write_end,),
-                                         start_new_session=True, preexec_fn=_die_with_parent)
-        except BaseException:
-            os.close(read_end)
-            raise
-        finally:
-            os.close(write_end)
-        self.ready_fd = read_end
-        self.started = time.monotonic()
-        self.ready = False
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_ready(self, deadline: float, stopping: threading.Event) -> bool:
-        """True once the worker serves; False when a stop was asked meanwhile. WorkersError when it exits first."""
-        try:
-            data = b""
-            while not data.endswith(b"\n"):
-                if stopping.is_set():
-                    return False
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WorkersError(f"worker {self.number} (pid {self.pid}) did not start within "
-                                       f"{START_TIMEOUT_S:.0f}s")
-                readable, _, _ = select.select([self.ready_fd], [], [], min(0.2, remaining))
-                if readable:
-                    chunk = os.read(self.ready_fd, 256)
-                    if not chunk:
-                        raise WorkersError(f"worker {self.number} (pid {self.pid}) exited with status "
-                                           f"{self.proc.wait()} before it served (its log is above)")
-                    data += chunk
-            self.ready = True
-            return True
-        finally:
-            os.close(self.ready_fd)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> bool:
-        """Waits for it to exit (killed after `timeout`); True when it stopped by itself with status 0."""
-        code = wait_or_kill(self.proc, timeout, f"worker {self.number}")
-        if code is None:
-            return False
-        if code == -signal.SIGTERM and not self.ready:
-            return True            # stopped before it served (before Python could install a handler)
-        if code != 0:
-            log.error("worker %d (pid %d) exited with status %d", self.number, self.pid, code)
-        return code == 0
+    def exited_cleanly(self, status: int) -> bool:
+        """Status 0, or SIGTERM before it served (before Python could install a handler)."""
+        return status == 0 or (status == -signal.SIGTERM and not self.ready)
 
 
 def _stop_signals() -> threading.Event:
@@ -161,12 +97,12 @@ def supervise(count: int, grace_s: float, env: Mapping[str, str] | None = None) 
                 workers[slot] = Worker(worker.number, environ)
                 if workers[slot].wait_ready(time.monotonic() + START_TIMEOUT_S, stopping):
                     log.info("worker %d serves again: pid %d", worker.number, workers[slot].pid)
-    except WorkersError as exc:
+    except ChildNotReady as exc:
         log.error("%s", exc)
         clean = False
     finally:
         for worker in workers:
-            worker.stop()
+            worker.terminate()
         deadline = time.monotonic() + grace_s + CANCELLED_WAIT_S + 10
         for worker in workers:
             clean = worker.wait(deadline - time.monotonic()) and clean

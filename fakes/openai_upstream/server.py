@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from aiohttp import web
 
+from fakes.app_server import AppServer
 from fakes.openai_upstream.app import DEFAULT_MODELS, RecordedRequest, UpstreamApp
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SHUTDOWN_TIMEOUT_S = 1.0
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -34,8 +29,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-class FakeUpstream:
-    """A fake OpenAI-compatible API server. See fakes/openai_upstream/__init__.py for the wire contract."""
+class FakeUpstream(AppServer):
+    """A fake OpenAI-compatible API server. See fakes/openai_upstream/__init__.py for the wire contract.
+
+    Serving (fakes/app_server.py, on uvloop): `await start()` / `aclose()` in the caller's event loop;
+    `start_in_thread()` / `stop()` (or `with FakeUpstream() as fake:`) from a daemon thread; `run()` in the
+    foreground. `url` is the base URL, without /v1."""
 
     def __init__(
         self,
@@ -44,14 +43,13 @@ class FakeUpstream:
         latency_ms: float = 0.0,
         chunk_delay_ms: float = 0.0,
     ) -> None:
+        super().__init__(thread_name="fake-openai-upstream", handler_cancellation=True, loop_factory=_loop_factory())
         self.app = UpstreamApp(
             api_key=api_key, models=models, latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms
         )
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+
+    def build_app(self) -> web.Application:
+        return self.app.build()
 
     # -- introspection (same data as the /_fake/* endpoints) -------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -63,105 +61,17 @@ class FakeUpstream:
     def reset(self) -> None:
         self.app.reset()
 
-    # -- in the caller's event loop ------------------------------------------------------------------
+    # -- serving ---------------------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Start serving in the running loop; returns the base URL (without /v1)."""
-        if self._runner is not None:
-            raise RuntimeError("FakeUpstream already started")
-        runner = web.AppRunner(
-            self.app.build(), access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        bound = runner.addresses[0]
-        self._runner = runner
-        url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        self.url = f"http://{url_host}:{bound[1]}"
-        return self.url
+        return await self.listen(host, port)
 
-    async def aclose(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def serve(self, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
-        """Serve until `request_stop()` (or cancellation), then shut down cleanly."""
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            url = await self.start(host, port)
-            if on_ready is not None:
-                on_ready(url)
-            await self._stop.wait()
-        finally:
-            await self.aclose()
-
-    def request_stop(self) -> None:
-        """Thread-safe: make `serve()` return."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # loop closed meanwhile
-                loop.call_soon_threadsafe(stop.set)
-
-    # -- foreground (CLI) ------------------------------------------------------------------------------
-    def run(self, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
-        """Block serving until SIGINT/SIGTERM."""
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-            await self.serve(host, port, on_ready)
-
-        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(main())
-
-    # -- daemon thread -------------------------------------------------------------------------------
-    def start_in_thread(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0) -> str:
-        """Serve from a daemon thread with its own event loop; returns the base URL (without /v1)."""
-        if self._thread is not None:
-            raise RuntimeError("FakeUpstream already started")
-        ready: concurrent.futures.Future[str] = concurrent.futures.Future()
-
-        def target() -> None:
-            try:
-                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    runner.run(self.serve(host, port, ready.set_result))
-            except BaseException as exc:
-                if not ready.done():
-                    ready.set_exception(exc)
-
-        self._thread = threading.Thread(target=target, name=f"fake-openai-upstream:{port}", daemon=True)
-        self._thread.start()
-        try:
-            return ready.result(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread started by `start_in_thread` (idempotent)."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self.request_stop()
-        thread.join(timeout)
-        if thread.is_alive():
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the thread started by `start_in_thread` (idempotent); RuntimeError when it still runs after
+        `timeout` s."""
+        if not super().stop(timeout):
             raise RuntimeError("fake upstream thread did not stop in time")
-
-    def __enter__(self) -> FakeUpstream:
-        self.start_in_thread()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import signal
-import threading
 import time
-from types import TracebackType
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Self
 
 from aiohttp import web
 
+from fakes.app_server import AppServer
 from fakes.paypal.app import Delivery, PayPalApp
 
-SHUTDOWN_TIMEOUT_S = 1.0
 DEFAULT_CLIENT_ID = "fake-paypal-client-id"
 DEFAULT_CLIENT_SECRET = "fake-paypal-client-secret"
 
 
-class FakePayPal:
+class FakePayPal(AppServer):
     """A fake PayPal REST API (OAuth2, Orders v2, Payments v2, Vault v3 payment tokens, webhooks).
 
     `capture_on_create`: an order whose payment source is a vaulted instrument is captured by the create call
     itself (PayPal's single-step order, status COMPLETED); False: it comes back APPROVED and needs
-    `POST /v2/checkout/orders/{id}/capture`."""
+    `POST /v2/checkout/orders/{id}/capture`.
+
+    Serving (fakes/app_server.py): `start()` / `stop()` (or `with FakePayPal() as fake:`) from a daemon thread,
+    `run()` in the foreground; `url` is the base URL, also the one its links and webhook certificates name."""
 
     def __init__(self, client_id: str = DEFAULT_CLIENT_ID, client_secret: str = DEFAULT_CLIENT_SECRET, *,
                  capture_on_create: bool = True, token_ttl_s: int = 32400) -> None:
         self.app = PayPalApp(client_id=client_id, client_secret=client_secret,
                              capture_on_create=capture_on_create, token_ttl_s=token_ttl_s)
-        self.url = ""
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        super().__init__(thread_name="fake-paypal")
 
     # -- credentials and test set-up ---------------------------------------------------------------------------
     @property
@@ -115,77 +110,21 @@ class FakePayPal:
             time.sleep(0.01)
 
     # -- serving -----------------------------------------------------------------------------------------------
-    async def serve(self, host: str, port: int, ready: concurrent.futures.Future[str] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        runner = web.AppRunner(self.app.build(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
-            await site.start()
-            bound = runner.addresses[0]
-            url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-            self.url = self.app.base_url = f"http://{url_host}:{bound[1]}"
-            if ready is not None:
-                ready.set_result(self.url)
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
+    def build_app(self) -> web.Application:
+        return self.app.build()
+
+    def listening(self, url: str) -> None:
+        self.app.base_url = url
 
     def start(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0) -> str:
         """Serves from a daemon thread on a free loopback port (port 0); returns the base URL."""
-        if self._thread is not None:
-            raise RuntimeError("FakePayPal already started")
-        ready: concurrent.futures.Future[str] = concurrent.futures.Future()
+        return self.start_in_thread(host, port, timeout)
 
-        def target() -> None:
-            try:
-                asyncio.run(self.serve(host, port, ready))
-            except BaseException as exc:
-                if not ready.done():
-                    ready.set_exception(exc)
+    def run(self, host: str, port: int, on_ready: Callable[[str], object] | None = None) -> None:
+        """Serves in the foreground until SIGINT/SIGTERM; prints the URL once listening (unless `on_ready`)."""
+        super().run(host, port, on_ready or (lambda url: print(f"fake PayPal listening on {url}", flush=True)))
 
-        self._thread = threading.Thread(target=target, name=f"fake-paypal:{port}", daemon=True)
-        self._thread.start()
-        try:
-            return ready.result(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def request_stop(self) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stops the thread started by `start` (idempotent)."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self.request_stop()
-        thread.join(timeout)
-
-    def run(self, host: str, port: int) -> None:
-        """Serves in the foreground until SIGINT/SIGTERM."""
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-            ready: concurrent.futures.Future[str] = concurrent.futures.Future()
-            ready.add_done_callback(lambda f: print(f"fake PayPal listening on {f.result()}", flush=True))
-            await self.serve(host, port, ready)
-
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main())
-
-    def __enter__(self) -> FakePayPal:
+    def __enter__(self) -> Self:
         if self._thread is None:
             self.start()
         return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

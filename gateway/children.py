@@ -1,0 +1,127 @@
+"""A server child process that says on a pipe when it serves: started, waited for, stopped.
+
+`aihub serve --workers N` (gateway.workers) and `make stack` (gateway.multi) start theirs as
+`python -m MODULE ARGS... --ready-fd N`, in its own session (a terminal's Ctrl-C reaches the parent only), from the
+project's root, stdin closed. Once it accepts connections the child writes one line to that pipe: "ready", then
+optional words (the API process of `make stack`: the paths it serves). Imports nothing of the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from gateway.settings import ROOT
+
+READ_POLL_S = 0.2          # how often a wait for the ready line looks at `stopping`
+
+
+class ChildNotReady(RuntimeError):
+    """A child exited, or did not write its ready line by the deadline; the message names it and its pid."""
+
+
+def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float, label: str, log: logging.Logger) -> int | None:
+    """Waits for a child to exit: its status, or None when it did not stop within `timeout` (then it is killed)."""
+    try:
+        return proc.wait(max(timeout, 0.1))
+    except subprocess.TimeoutExpired:
+        log.error("%s (pid %d) did not stop within %.0fs: killed", label, proc.pid, timeout)
+        proc.kill()
+        proc.wait(10)
+        return None
+
+
+class ReadyChild:
+    """One child process and the read end of the pipe it writes its ready line to.
+
+    `name` names it in logs and errors ("worker 2", "proxy 1"); `log` is the parent's logger; `start_timeout_s`
+    is the start-up time the parent allows, named in the error when the deadline passes; `preexec_fn` runs in the
+    child between fork and exec. After `wait_ready`: `ready` (True once it served) and `ready_words` (the words
+    after "ready"). `started`: time.monotonic() when it was started."""
+
+    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], *, log: logging.Logger,
+                 start_timeout_s: float, preexec_fn: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.log = log
+        self.start_timeout_s = start_timeout_s
+        read_end, write_end = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", *command, "--ready-fd", str(write_end)],
+                                         env=dict(env), cwd=ROOT, stdin=subprocess.DEVNULL, pass_fds=(write_end,),
+                                         start_new_session=True, preexec_fn=preexec_fn)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self.ready_fd = read_end
+        self.started = time.monotonic()
+        self.ready = False
+        self.ready_words: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, deadline: float, stopping: threading.Event) -> bool:
+        """True once the child wrote its ready line; False when `stopping` was set meanwhile. ChildNotReady when it
+        exits first or `deadline` (time.monotonic()) passes. The pipe is closed in every case."""
+        try:
+            data = b""
+            while not data.endswith(b"\n"):
+                if stopping.is_set():
+                    return False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ChildNotReady(f"{self.name} (pid {self.pid}) did not start within "
+                                        f"{self.start_timeout_s:.0f}s")
+                with selectors.DefaultSelector() as selector:   # poll/epoll: any fd number (select: < 1024)
+                    selector.register(self.ready_fd, selectors.EVENT_READ)
+                    readable = selector.select(min(READ_POLL_S, remaining))
+                if readable:
+                    chunk = os.read(self.ready_fd, 4096)
+                    if not chunk:
+                        raise ChildNotReady(f"{self.name} (pid {self.pid}) exited with status {self.proc.wait()} "
+                                            "before it served (its log is above)")
+                    data += chunk
+            self.ready = True
+            self.ready_words = data.decode().split()[1:]
+            return True
+        finally:
+            self.close_pipe()
+
+    def close_pipe(self) -> None:
+        """Closes the read end of the ready pipe (idempotent)."""
+        if self.ready_fd >= 0:
+            os.close(self.ready_fd)
+            self.ready_fd = -1
+
+    def terminate(self) -> None:
+        """SIGTERM, unless it exited already."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def exited_cleanly(self, status: int) -> bool:
+        """Whether exit status `status` is a clean stop: 0 here."""
+        return status == 0
+
+    def wait(self, timeout: float) -> bool:
+        """Waits for it to exit (killed after `timeout` s); True when it stopped by itself and `exited_cleanly`,
+        else False (an unclean status is logged)."""
+        try:
+            code = wait_or_kill(self.proc, timeout, self.name, self.log)
+        finally:
+            self.close_pipe()
+        if code is None:
+            return False
+        clean = self.exited_cleanly(code)
+        if not clean:
+            self.log.error("%s (pid %d) exited with status %d", self.name, self.pid, code)
+        return clean
