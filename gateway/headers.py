@@ -12,6 +12,7 @@ headers picks out what the proxy reads and what it forwards.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ RETURNED = frozenset({"content-type", "cache-control", "content-disposition", "o
 _RETURNED = frozenset(name.encode() for name in RETURNED)
 IDENTITY = (b"accept-encoding", b"identity")     # the gateway reads usage from the body
 JSON_TYPE = (b"content-type", b"application/json")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # not in an HTTP field value (RFC 9110 5.5; tab is)
 
 
 @dataclass(slots=True)
@@ -43,8 +45,9 @@ def encoded(names: Iterable[str]) -> frozenset[bytes]:
 
 
 def read_headers(raw: Iterable[tuple[bytes, bytes]], forwarded: frozenset[bytes]) -> ClientHeaders:
-    """One pass over the request's headers (ASGI: names lowercased). A value with CR, LF or NUL (which no HTTP
-    parser lets through, but the upstream request is written by hand) is never forwarded."""
+    """One pass over the request's headers (ASGI: names lowercased). A value with a control character (CR, LF,
+    NUL, DEL, ...; tab is allowed), which is not a valid field value and which the upstream client refuses to
+    send, is never forwarded."""
     found = ClientHeaders(forwarded={})
     assert found.forwarded is not None
     for name, value in raw:
@@ -54,7 +57,7 @@ def read_headers(raw: Iterable[tuple[bytes, bytes]], forwarded: frozenset[bytes]
         elif name == b"content-length":
             if found.content_length is None:
                 found.content_length = value
-        elif name in forwarded and b"\r" not in value and b"\n" not in value and b"\0" not in value:
+        elif name in forwarded and _CONTROL.search(value) is None:
             found.forwarded[name] = value
     return found
 
