@@ -75,22 +75,21 @@ class ReadyChild:
         exits first or `deadline` (time.monotonic()) passes. The pipe is closed in every case."""
         try:
             data = b""
-            while not data.endswith(b"\n"):
-                if stopping.is_set():
-                    return False
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ChildNotReady(f"{self.name} (pid {self.pid}) did not start within "
-                                        f"{self.start_timeout_s:.0f}s")
-                with selectors.DefaultSelector() as selector:   # poll/epoll: any fd number (select: < 1024)
-                    selector.register(self.ready_fd, selectors.EVENT_READ)
-                    readable = selector.select(min(READ_POLL_S, remaining))
-                if readable:
-                    chunk = os.read(self.ready_fd, 4096)
-                    if not chunk:
-                        raise ChildNotReady(f"{self.name} (pid {self.pid}) exited with status {self.proc.wait()} "
-                                            "before it served (its log is above)")
-                    data += chunk
+            with selectors.DefaultSelector() as selector:       # poll/epoll: any fd number (select: < 1024)
+                selector.register(self.ready_fd, selectors.EVENT_READ)
+                while not data.endswith(b"\n"):
+                    if stopping.is_set():
+                        return False
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ChildNotReady(f"{self.name} (pid {self.pid}) did not start within "
+                                            f"{self.start_timeout_s:.0f}s")
+                    if selector.select(min(READ_POLL_S, remaining)):
+                        chunk = os.read(self.ready_fd, 4096)
+                        if not chunk:
+                            raise ChildNotReady(f"{self.name} (pid {self.pid}) exited with status "
+                                                f"{self.proc.wait()} before it served (its log is above)")
+                        data += chunk
             self.ready = True
             self.ready_words = data.decode().split()[1:]
             return True
