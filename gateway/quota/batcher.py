@@ -1,10 +1,8 @@
 """Coalesces script calls made in the same event-loop tick into one round trip per Redis server.
 
 `Coalescer` is the tick queue both batchers share: `call` queues, one `call_soon` flushes the tick, every
-call is finished exactly once (`drain` waits for that). `submit` (the settles: nobody waits for them) queues
-without a flush of its own: the call travels with the next tick's calls, or alone after LATER_S, so that a
-loaded gateway makes one write per tick rather than one more per settle (on loopback a write costs about as
-much as the rest of a settle). `ScriptBatcher` is the single Redis: a tick's calls
+call is finished exactly once (`drain` waits for that). `submit` (the settles: nobody waits for them) queues the
+same way, with a callback instead of a future. `ScriptBatcher` is the single Redis: a tick's calls
 are packed with hiredis and written at once on one pipelined connection (`RespPipe`): no task, pool
 checkout or lock per call; replies resolve the futures in order. redis-py's pipelines were the gateway's
 largest quota cost. On a Redis Cluster, `ClusterBatcher` (cluster_batcher.py) does the same per primary.
@@ -24,8 +22,6 @@ from redis.exceptions import NoScriptError
 from gateway.quota.resp_pipe import RespPipe
 
 log = logging.getLogger("aihub.quota")
-LATER_S = 0.002   # the longest a `submit` call (a settle) waits for a tick's calls to travel with: on a loaded
-                  # gateway it shares their write (one syscall per tick, not one per settle)
 
 
 Done = Callable[[Any, BaseException | None], None]    # (reply, None) or (None, error): a call's outcome
@@ -72,7 +68,6 @@ class Coalescer:
         self.timeout_s = timeout_s
         self._queue: list[Call] = []
         self._scheduled = False
-        self._timer: asyncio.TimerHandle | None = None   # the flush of calls nobody waits for (LATER_S)
         self._tasks: set[asyncio.Task[None]] = set()
         self._outstanding = 0     # calls not finished yet (queued, in flight, waiting for a retry)
 
@@ -86,9 +81,7 @@ class Coalescer:
         """As `call`, for a caller that does not wait: `done(reply, None)` or `done(None, error)` is called once,
         from the reply (the settles: no future, no callback scheduled per call)."""
         self._outstanding += 1
-        self._queue.append(Call(script, keys, args, None, done))
-        if not self._scheduled and self._timer is None:   # rides with the next tick's calls, or alone LATER_S on
-            self._timer = asyncio.get_running_loop().call_later(LATER_S, self._flush)
+        self._enqueue(Call(script, keys, args, None, done))
 
     def _enqueue(self, call: Call) -> None:
         self._queue.append(call)
@@ -98,12 +91,8 @@ class Coalescer:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         queue, self._queue = self._queue, []
-        if queue:
-            self._send_tick(queue)
+        self._send_tick(queue)
 
     def _send_tick(self, calls: list[Call]) -> None:
         raise NotImplementedError
