@@ -15,6 +15,11 @@ Redis is. The children run in their own sessions, so a terminal's Ctrl-C reaches
 Stop (SIGINT or SIGTERM), losing nothing: the proxies first (they stop accepting, finish and settle the requests
 in flight), then the worker + API (its last drain loads every settled usage row into ClickHouse), then the
 upstream and Redis. A child that dies on its own stops the whole stack (exit status 1).
+
+One stack per var dir, as `make up` (gateway.up_lock): before anything else it takes `<AIHUB_VAR_DIR>/up.lock`,
+which its Redis and fake upstream inherit (the proxies and the worker + API do not); a running `make up` or
+`make stack` on the same var dir makes it refuse (exit status 2), and the Redis and upstream a killed one left
+running are stopped first.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.children import ChildNotReady, ReadyChild
@@ -36,6 +42,7 @@ from gateway.errors import ConfigError
 from gateway.runtime import Runtime, read_runtime, runtime_path
 from gateway.server import CANCELLED_WAIT_S
 from gateway.settings import ROOT, Env, Settings, var_dir
+from gateway.up_lock import StackBusy, VarDirLock, var_dir_lock
 
 log = logging.getLogger("aihub.stack")
 START_TIMEOUT_S = 120.0       # migrations of a new chDB directory included
@@ -180,18 +187,25 @@ def processes_banner(stack: StackSettings, processes: Processes, env: Mapping[st
 
 
 def run_multi_stack() -> int:
-    """`make stack`; 0 after a clean stop, 1 when a process failed or had to be killed."""
+    """`make stack`; 0 after a clean stop, 1 when a process failed or had to be killed. StackBusy when the var dir
+    is taken (gateway.up_lock)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    env = dict(os.environ)
+    stack = StackSettings.from_env(env)
+    directory = var_dir(env)
+    directory.mkdir(parents=True, exist_ok=True)
+    with var_dir_lock(directory, "make stack") as lock:      # first: a running `make up` means StackBusy, exit 2
+        return _run_locked(env, stack, directory, lock)
+
+
+def _run_locked(env: dict[str, str], stack: StackSettings, directory: Path, lock: VarDirLock) -> int:
+    """`make stack` once it holds its var dir (`lock`, passed to its Redis and fake upstream only)."""
     from api.demo import banner as api_banner
     from api.demo import seed_owners
     from api.mount import ensure_operator_token
     from billing_worker.settings import Settings as WorkerSettings
     from gateway.catalog import load_catalog
     from gateway.stack import _fake_upstream, _private_redis, _runtime_file, banner, resync_and_seed
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    env = dict(os.environ)
-    stack = StackSettings.from_env(env)
-    directory = var_dir(env)
-    directory.mkdir(parents=True, exist_ok=True)
     running = read_runtime(runtime_path(directory))
     if running is not None:
         raise StackError(f"a stack already runs on {directory} (pid {running.pid}, {running.gateway_url}): stop "
@@ -200,7 +214,7 @@ def run_multi_stack() -> int:
     check_free(stack.host, stack.api_port, "the API")
     stopping = stop_signals()
     private_redis, fake_upstream = not env.get("REDIS_URL"), not env.get("AIHUB_UPSTREAM_DEFAULT_URL")
-    with _private_redis(env, directory), _fake_upstream(env):
+    with _private_redis(env, directory, lock), _fake_upstream(env, lock):
         os.environ.update(env)
         settings = Settings.from_env(env)
         worker_settings = WorkerSettings.from_env(env)
@@ -242,7 +256,7 @@ def run_multi_stack() -> int:
 def main() -> int:
     try:
         return run_multi_stack()
-    except ConfigError as exc:
+    except (ConfigError, StackBusy) as exc:
         sys.stderr.write(f"aihub stack: {exc}\n")
         return 2
     except (StackError, ChildNotReady) as exc:

@@ -62,12 +62,18 @@ class RedisServer:
     workdir: Path | None = None
     extra_args: list[str] = field(default_factory=list)
     detached: bool = False   # own session: a terminal's Ctrl-C reaches its owner, which stops it last
+    pass_fds: tuple[int, ...] = ()   # fds the server inherits (`make up`: its var dir lock, held while it runs)
     proc: subprocess.Popen[bytes] | None = None
     _owned_dir: bool = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        """The server process's pid; 0 when it was not started."""
+        return self.proc.pid if self.proc is not None else 0
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -83,7 +89,7 @@ class RedisServer:
                 "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
                 "--loglevel", "warning", *self.extra_args]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=self.detached)
+                                     start_new_session=self.detached, pass_fds=self.pass_fds)
         _wait_ready(self.port, self.proc)
         return self
 

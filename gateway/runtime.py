@@ -33,12 +33,18 @@ def runtime_path(directory: Path) -> Path:
     return directory / FILE_NAME
 
 
-def write_runtime(path: Path, runtime: Runtime) -> None:
-    """Written to a temporary file and renamed: a reader sees the old file, no file, or the whole new one."""
+def write_atomically(path: Path, data: bytes) -> None:
+    """Written to a temporary file and renamed: a reader sees the old file, no file, or the whole new one.
+    (Also gateway.up_lock's up.children.json.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(orjson.dumps(asdict(runtime), option=orjson.OPT_INDENT_2))
+    temporary.write_bytes(data)
     os.replace(temporary, path)
+
+
+def write_runtime(path: Path, runtime: Runtime) -> None:
+    """Written atomically (`write_atomically`)."""
+    write_atomically(path, orjson.dumps(asdict(runtime), option=orjson.OPT_INDENT_2))
 
 
 def remove_runtime(path: Path, pid: int) -> None:

@@ -11,6 +11,10 @@ Its children run in their own sessions, so a terminal's Ctrl-C reaches this proc
 in order, losing nothing: the gateway stops accepting, finishes and settles the requests in flight, the
 worker runs a last drain of the usage streams into ClickHouse, and only then are the fake upstream and the
 private Redis stopped. While it runs, `<AIHUB_VAR_DIR>/runtime.json` tells the CLIs where it is.
+
+One `make up` or `make stack` per var dir (gateway.up_lock): it holds `<AIHUB_VAR_DIR>/up.lock` for its whole life
+and passes it to its Redis and fake upstream; a start finding either still running on the var dir refuses (exit
+status 2), one finding it killed first stops the Redis and upstream it left running.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from gateway.catalog import Catalog, load_catalog
 from gateway.redis_server import RedisServer, free_port
 from gateway.runtime import Runtime, remove_runtime, runtime_path, write_runtime
 from gateway.settings import Settings, var_dir
+from gateway.up_lock import VarDirLock, var_dir_lock
 
 DEMO_ACCOUNTS = (("demofree", "free", "Demo Free"), ("demopro", "pro", "Demo Pro"),
                  ("demoent", "enterprise", "Demo Enterprise"))
@@ -91,30 +96,36 @@ def banner(url: str, seeded: list[tuple[str, str, str | None]], catalog: Catalog
 
 
 @contextlib.contextmanager
-def _private_redis(env: dict[str, str], directory: Path) -> Iterator[None]:
+def _private_redis(env: dict[str, str], directory: Path, lock: VarDirLock | None = None) -> Iterator[None]:
+    """`lock`: the var dir's (`var_dir_lock`), passed to the server, which is recorded as its child."""
     if env.get("REDIS_URL"):
         yield
         return
-    server = RedisServer(workdir=directory / "redis", detached=True,
+    server = RedisServer(workdir=directory / "redis", detached=True, pass_fds=(lock.fd,) if lock else (),
                          extra_args=["--appendonly", "yes", "--appendfsync", "everysec"]).start()
     env["REDIS_URL"] = server.url
     try:
+        if lock is not None:
+            lock.add_child(server.pid, "redis-server")
         yield
     finally:
         server.shutdown()      # SIGTERM: Redis fsyncs its append-only file before it exits
 
 
 @contextlib.contextmanager
-def _fake_upstream(env: dict[str, str]) -> Iterator[None]:
+def _fake_upstream(env: dict[str, str], lock: VarDirLock | None = None) -> Iterator[None]:
+    """`lock`: as for `_private_redis`."""
     if env.get("AIHUB_UPSTREAM_DEFAULT_URL"):
         yield
         return
     from fakes.openai_upstream import spawn_process
     key = "sk-upstream-demo"
-    proc, url = spawn_process(free_port(), api_key=key, new_session=True)
+    proc, url = spawn_process(free_port(), api_key=key, new_session=True, pass_fds=(lock.fd,) if lock else ())
     env["AIHUB_UPSTREAM_DEFAULT_URL"] = url
     env["AIHUB_UPSTREAM_DEFAULT_KEY"] = key
     try:
+        if lock is not None:
+            lock.add_child(proc.pid, "fake upstream")
         yield
     finally:
         proc.terminate()
@@ -142,7 +153,7 @@ def run_stack() -> None:
     env.setdefault("AIHUB_PORT", "8080")
     directory = var_dir(env)
     directory.mkdir(parents=True, exist_ok=True)
-    with _private_redis(env, directory), _fake_upstream(env):
+    with var_dir_lock(directory) as lock, _private_redis(env, directory, lock), _fake_upstream(env, lock):
         os.environ.update(env)
         settings = Settings.from_env(env)
         catalog = load_catalog(settings.catalog_path)

@@ -99,10 +99,12 @@ def spawn_process(
     models: Sequence[str] | None = None,
     timeout: float = 15.0,
     new_session: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Run `python -m fakes.openai_upstream` and wait until it answers; stop it with `stop_process`.
 
     `new_session`: the child does not get the terminal's Ctrl-C; its owner stops it when it is done with it.
+    `pass_fds`: fds the child inherits (`make up` passes its var dir lock, so the lock stays held while it runs).
     """
     port = port or free_port(host)
     cmd = [sys.executable, "-m", "fakes.openai_upstream", "--host", host, "--port", str(port)]
@@ -114,7 +116,7 @@ def spawn_process(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            start_new_session=new_session)
+                            start_new_session=new_session, pass_fds=tuple(pass_fds))
     url = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout
     while not _answers(url):
