@@ -60,6 +60,12 @@ class PayloadTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "requests"

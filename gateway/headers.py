@@ -13,8 +13,10 @@ headers picks out what the proxy reads and what it forwards.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from gateway.errors import HeadersTooLarge
 
 FORWARDED = frozenset({"accept", "accept-language", "user-agent", "openai-beta", "idempotency-key",
                        "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
@@ -28,6 +30,8 @@ _RETURNED = frozenset(name.encode() for name in RETURNED)
 IDENTITY = (b"accept-encoding", b"identity")     # the gateway reads usage from the body
 JSON_TYPE = (b"content-type", b"application/json")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # not in an HTTP field value (RFC 9110 5.5; tab is)
+MAX_HEADERS = 100               # header fields in one request; more is refused (431)
+MAX_FORWARDED_VALUE = 2048      # bytes; a longer value of a forwarded header is not forwarded (SDK values are short)
 
 
 @dataclass(slots=True)
@@ -44,10 +48,13 @@ def encoded(names: Iterable[str]) -> frozenset[bytes]:
     return frozenset(name.encode("latin-1") for name in names)
 
 
-def read_headers(raw: Iterable[tuple[bytes, bytes]], forwarded: frozenset[bytes]) -> ClientHeaders:
+def read_headers(raw: Sequence[tuple[bytes, bytes]], forwarded: frozenset[bytes]) -> ClientHeaders:
     """One pass over the request's headers (ASGI: names lowercased). A value with a control character (CR, LF,
     NUL, DEL, ...; tab is allowed), which is not a valid field value and which the upstream client refuses to
-    send, is never forwarded."""
+    send, or longer than MAX_FORWARDED_VALUE bytes, is never forwarded. HeadersTooLarge (431) for more than
+    MAX_HEADERS header fields."""
+    if len(raw) > MAX_HEADERS:
+        raise HeadersTooLarge(f"The request has {len(raw)} header fields; at most {MAX_HEADERS} are accepted.")
     found = ClientHeaders(forwarded={})
     assert found.forwarded is not None
     for name, value in raw:
@@ -57,7 +64,7 @@ def read_headers(raw: Iterable[tuple[bytes, bytes]], forwarded: frozenset[bytes]
         elif name == b"content-length":
             if found.content_length is None:
                 found.content_length = value
-        elif name in forwarded and _CONTROL.search(value) is None:
+        elif name in forwarded and len(value) <= MAX_FORWARDED_VALUE and _CONTROL.search(value) is None:
             found.forwarded[name] = value
     return found
 

@@ -257,6 +257,26 @@ def test_client_credentials_and_hop_by_hop_headers_stay_at_the_gateway(
     assert headers["x-request-id"].startswith("req_")
 
 
+def test_an_oversized_forwarded_value_is_not_sent_and_too_many_headers_are_refused(
+        gateway: GatewayThread, pro_key: str, upstream: Any) -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode()
+    auth = {"Authorization": f"Bearer {pro_key}", "Content-Type": "application/json"}
+    status, _, _ = raw(gateway, "POST", "/v1/chat/completions", body,
+                       {**auth, "User-Agent": "u" * 60_000, "OpenAI-Beta": "b" * 2048})
+    assert status == 200
+    [seen] = recorded(upstream)
+    assert seen["headers"]["openai-beta"] == "b" * 2048        # at the limit: forwarded
+    assert "u" * 60_000 not in json.dumps(seen)                  # above it: not forwarded
+
+    many = {**auth, **{f"X-Extra-{n}": "1" for n in range(120)}}
+    status, headers, answer = raw(gateway, "POST", "/v1/chat/completions", body, many)
+    assert status == 431
+    error = json.loads(answer)["error"]
+    assert error["code"] == "request_header_fields_too_large" and "at most 100" in error["message"]
+    assert headers.get("x-request-id", "").startswith("req_")
+    assert len(recorded(upstream)) == 1                           # the refused request never left the gateway
+
+
 def test_paths_outside_the_table_are_refused_and_not_forwarded(gateway: GatewayThread, pro_key: str,
                                                                 upstream: Any) -> None:
     auth = {"Authorization": f"Bearer {pro_key}"}
