@@ -238,7 +238,19 @@ class Proxy:
             finish("upstream_error", None)
             raise errors.UpstreamError(f"The upstream broke off its answer (request {admission.rid}).") from None
         finish("ok" if status < 400 else "upstream_error", body_usage(data) if settles and status < 400 else None)
+        if status >= 400 and not (response.header(b"content-type") or b"").startswith(JSON):
+            return self._refusal(status, data, admission)
         return Reply(status, out_headers, data)
+
+    @staticmethod
+    def _refusal(status: int, data: bytes, admission: Admission) -> Reply:
+        """An upstream 4xx whose body is not JSON (a front server's text or HTML page): the client gets the
+        status with an error in the API's format, quoting the start of the text."""
+        text = " ".join(data[:300].decode("utf-8", "replace").split())
+        quoted = f": {text}" if text else ""
+        error = errors.InvalidRequest(f"The upstream refused the request with HTTP {status}{quoted} (request "
+                                      f"{admission.rid}).", code="upstream_refused")
+        return Reply(status, [JSON_TYPE, *admission.header_pairs()], error.body())
 
     async def _hidden_failure(self, response: UpstreamResponse, upstream: str, admission: Admission,
                               finish: Callable[[str, TokenCounts | None], None]) -> None:

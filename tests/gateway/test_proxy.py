@@ -277,6 +277,41 @@ def test_an_oversized_forwarded_value_is_not_sent_and_too_many_headers_are_refus
     assert len(recorded(upstream)) == 1                           # the refused request never left the gateway
 
 
+def test_an_upstream_refusal_in_plain_text_reaches_the_client_in_the_api_format(make_gateway: Any,
+                                                                               pro_key: str) -> None:
+    import http.server
+    import threading
+
+    class FrontServer(http.server.BaseHTTPRequestHandler):     # a proxy in front of the model API, refusing
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            page = b"<html><body><h1>413 Request Entity Too Large</h1>\n</body></html>"
+            self.send_response(413)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FrontServer)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        gateway = make_gateway(upstream_urls={"default": f"http://127.0.0.1:{front.server_address[1]}"})
+        status, headers, body = raw(gateway, "POST", "/v1/chat/completions",
+                                    json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode(),
+                                    {"Authorization": f"Bearer {pro_key}", "Content-Type": "application/json"})
+    finally:
+        front.shutdown()
+        front.server_close()
+    assert status == 413 and headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["code"] == "upstream_refused" and error["type"] == "invalid_request_error"
+    assert "HTTP 413: <html><body><h1>413 Request Entity Too Large</h1> </body></html>" in error["message"]
+    assert headers["x-request-id"] in error["message"] and "x-quota-remaining" in headers
+
+
 def test_paths_outside_the_table_are_refused_and_not_forwarded(gateway: GatewayThread, pro_key: str,
                                                                 upstream: Any) -> None:
     auth = {"Authorization": f"Bearer {pro_key}"}
