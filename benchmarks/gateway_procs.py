@@ -43,7 +43,8 @@ def gateway_process(redis_url: str, upstream_url: str, catalog_path: Path, workd
                     workers: int = 1, root: Path = ROOT, env: Mapping[str, str] | None = None,
                     profile: Sequence[str] = (), server: str = "uvicorn") -> Iterator[Gateway]:
     """`python -m gateway serve [--workers N]` run from `root` (the code measured); `profile` prefixes the
-    command (e.g. py-spy record ... --); `server="granian"` serves the same app with granian instead."""
+    command (e.g. py-spy record ... --); `server="granian"` serves the same app with granian instead, `"floor"` serves
+    benchmarks/floor_app.py (the same server and upstream client with no gateway logic)."""
     port = free_port()
     environ = dict(os.environ) | {
         "REDIS_URL": redis_url, "AIHUB_HOST": "127.0.0.1", "AIHUB_PORT": str(port),
@@ -57,6 +58,8 @@ def gateway_process(redis_url: str, upstream_url: str, catalog_path: Path, workd
     environ.pop("AIHUB_ENV_FILE", None)
     environ.pop("DATABASE_URL", None)
     command = [*profile, PYTHON, "-m", "gateway", "serve", *(["--workers", str(workers)] if workers > 1 else [])]
+    if server == "floor":        # no gateway: the same server and client only (benchmarks/floor_app.py)
+        command = [PYTHON, "-m", "benchmarks.floor_app"]
     if server == "granian":      # the same app under granian's Rust HTTP layer (ASGI), one process
         command = [PYTHON, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop", "--host",
                    "127.0.0.1", "--port", str(port), "--runtime-threads", "1", "--backlog", "4096",

@@ -4,7 +4,8 @@
   `proxy_pass` in front of it, and to one `aihub serve` process with quota checks on and off; with
   AIHUB_BENCH_BASELINE=<a copy of the code before the change> also to that code's gateway, in the same rounds.
   Targets: checks on >= 15% of nginx's req/s; on/off >= 0.92; p50 added by the checks at one connection
-  <= 0.25 ms.
+  <= 0.25 ms. Also the floor (benchmarks/floor_app.py: the same uvicorn and pyreqwest client with no gateway
+  logic): the most a gateway of this design can reach, printed as a share of nginx.
 * `test_streaming`: one connection, one streamed chat completion after the other: time to first byte and to the
   last byte, direct and through the gateway, against nginx serving a fixed SSE body (in one write) and the fake
   upstream sending one event every CHUNK_DELAY_MS; the gateway's CPU per relayed chunk.
@@ -49,6 +50,7 @@ from benchmarks.support import (
     wrk_script,
 )
 
+FLOOR = "floor: uvicorn + pyreqwest, no logic"     # benchmarks/floor_app.py
 MIN_SHARE_OF_NGINX = 0.15
 MIN_ON_OFF = 0.92
 MAX_ADDED_P50_C1_MS = 0.25
@@ -89,6 +91,7 @@ def test_hot_path(tmp_path: Path) -> None:
             for checks in ("on", "off"):
                 gateways[f"{label}, checks {checks}"] = stack.enter_context(gateway_process(
                     rds.url, upstream.url, catalog, tmp_path, quota_checks=checks == "on", root=root))
+        floor = stack.enter_context(gateway_process(rds.url, upstream.url, catalog, tmp_path, server="floor"))
         if granian_available():     # the server not kept, for comparison (pip install granian to see it)
             for checks in ("on", "off"):
                 gateways[f"granian, checks {checks}"] = stack.enter_context(gateway_process(
@@ -97,10 +100,12 @@ def test_hot_path(tmp_path: Path) -> None:
             "static upstream": (upstream.url, direct, [upstream.pid], 50),
             "nginx proxy_pass": (ngx.url, direct, [ngx.pid], 50),
         }
+        targets[FLOOR] = (floor.url, direct, list(floor.pids), 50)
         for name, gw in gateways.items():
             targets[name] = (gw.url, through, list(gw.pids), 50)
         targets["static upstream, -c1"] = (upstream.url, direct, [upstream.pid], 1)
         targets["nginx proxy_pass, -c1"] = (ngx.url, direct, [ngx.pid], 1)
+        targets[f"{FLOOR}, -c1"] = (floor.url, direct, list(floor.pids), 1)
         for name, gw in gateways.items():
             targets[f"{name}, -c1"] = (gw.url, through, list(gw.pids), 1)
         before = usage_entries(rds.url)
@@ -135,7 +140,9 @@ def test_hot_path(tmp_path: Path) -> None:
         rows.append((name, r.rps, r.p50_ms, r.p99_ms, r.requests, f"{us:.0f}" if us else "", *_cpu_row(load)))
     print(table(["target", "req/s", "p50 ms", "p99 ms", "requests", "proxy CPU us/req", "CPU%: proxy", "upstream",
                  "redis", "wrk", "other jobs"], rows))
-    checked = []
+    floor_share, floor_rounds = med([r[FLOOR].rps / r["nginx proxy_pass"].rps for r in rounds])
+    checked = [("floor / nginx proxy_pass, req/s (the most any gateway on this design reaches)", floor_share,
+                floor_rounds, "", True)]
     for label in ["gateway", *(["before"] if BASELINE else []), *(["granian"] if granian_available() else [])]:
         on, off = f"{label}, checks on", f"{label}, checks off"
         share, share_rounds = med([r[on].rps / r["nginx proxy_pass"].rps for r in rounds])

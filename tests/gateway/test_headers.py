@@ -25,8 +25,8 @@ def test_allowed_headers_are_forwarded_and_others_are_not() -> None:
 
 
 def test_a_value_longer_than_the_limit_is_not_forwarded() -> None:
-    found = read_headers([(b"user-agent", b"u" * (MAX_FORWARDED_VALUE + 1)), (b"openai-beta", b"b" * MAX_FORWARDED_VALUE)],
-                         ALLOWED)
+    found = read_headers([(b"user-agent", b"u" * (MAX_FORWARDED_VALUE + 1)),
+                          (b"openai-beta", b"b" * MAX_FORWARDED_VALUE)], ALLOWED)
     assert found.forwarded == {b"openai-beta": b"b" * MAX_FORWARDED_VALUE}
 
 
