@@ -34,14 +34,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing.accounts import AccountService
 from billing.db.models import LIVE_PAYMENT_STATES, Dunning, Invoice, Payment, PaymentMethod, Subscription
 from billing.errors import BillingError
-from billing.notifications import record
+from billing.notifications import dunning_sentences, record
 from billing.payments.service import FAILED_STATES, PaymentService
 from billing.times import aware, iso
 from gateway.catalog import Catalog
 
 DEFAULT_RETRY_DAYS = (1, 3, 5, 7)
-CONSEQUENCES = {"suspend": "Until it is paid, your plan is limited to the free plan's limits.",
-                "uncollectible": "The invoice is now marked uncollectible; paying it still settles it."}
 
 
 class Dunner:
@@ -119,28 +117,26 @@ class Dunner:
     def _notify(self, session: Session, invoice: Invoice, payment: dict[str, Any] | None, step: int,
                 next_at: datetime | None, *, transfer: bool, consequence: str | None = None) -> None:
         """The notification of a dunning step: payment_reminder (bank transfer), payment_action_required (the
-        attempt awaits the customer's authentication), else payment_failed."""
+        attempt awaits the customer's authentication), else payment_failed. The payload has the facts (next_at:
+        the next step, null at the last; consequence: the last step's; failure_code; action_url), from which
+        emails are written in the account's language, and the English sentences webhook receivers read (next,
+        action)."""
         payload: dict[str, Any] = {"number": invoice.number, "period": invoice.period,
                                    "total_minor": invoice.total_minor, "currency": invoice.currency,
-                                   "due_at": iso(invoice.due_at), "retries": step}
-        last = CONSEQUENCES.get(consequence or "", "")
+                                   "due_at": iso(invoice.due_at), "retries": step, "transfer": transfer,
+                                   "next_at": iso(next_at), "last": next_at is None, "consequence": consequence}
         if transfer:
             kind = "payment_reminder"
-            payload["next"] = (f"We will remind you again on {next_at.date().isoformat()}." if next_at
-                               else f"This is the last reminder. {last}".strip())
         else:
-            action = (payment or {}).get("state") == "requires_action"
-            kind = "payment_action_required" if action else "payment_failed"
-            payload["reason"] = ((payment or {}).get("failure_message") or (payment or {}).get("failure_code")
-                                 or "not charged")
-            payload["next"] = (f"We will try again on {next_at.date().isoformat()}; you can also update your payment "
-                               "method." if next_at else f"No further attempts will be made; please pay by another "
-                               f"method. {last}".strip())
-            if action:
-                url = (payment or {}).get("action_url")
-                payload["action_url"] = url
-                payload["action"] = (f"Confirm the payment here: {url}" if url else
-                                     "Add another payment method, or ask us for a link to confirm this payment.")
+            attempt = payment or {}
+            kind = "payment_action_required" if attempt.get("state") == "requires_action" else "payment_failed"
+            payload["reason"] = attempt.get("failure_message") or attempt.get("failure_code") or "not charged"
+            payload["failure_code"] = attempt.get("failure_code")
+            if kind == "payment_action_required":
+                payload["action_url"] = attempt.get("action_url")
+        payload["next"], action = dunning_sentences(kind, payload, "en")
+        if kind == "payment_action_required":
+            payload["action"] = action
         record(session, invoice.account_id, kind, f"{kind}:{invoice.number}:{step}", payload, self.now())
 
     # -- the schedule --------------------------------------------------------------------------------

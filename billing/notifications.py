@@ -9,7 +9,9 @@
   invoice open), invoice_overdue (past due_at, open) (dedup "<kind>:<invoice number>"), usage_anomaly
   (dedup "usage_anomaly:2026-11-05"); billing.dunning's payment_failed, payment_action_required (the customer
   must authenticate the payment: `action` says how, `action_url` where), payment_reminder (an overdue invoice of
-  a bank-transfer account) (dedup "<kind>:<invoice number>:<step>") and payment_recovered.
+  a bank-transfer account) (dedup "<kind>:<invoice number>:<step>") and payment_recovered. The dunning payloads
+  carry their facts (`next_at`, `last`, `consequence`, `transfer`, `failure_code`, `action_url`) and English
+  sentences (`next`, `action`); emails say the facts in the account's language (`dunning_sentences`).
 - **Delivery.** `deliver_due()` claims the due deliveries (state -> `sending`, attempts + 1, a lease in
   next_attempt_at; PostgreSQL `FOR UPDATE SKIP LOCKED`, SQLite `BEGIN IMMEDIATE`), sends them outside the
   transaction, and records the outcome: `delivered` (never sent again), or `failed` with the error and the next
@@ -179,6 +181,71 @@ def _day(iso: Any) -> str:
     return str(iso or "")[:10]
 
 
+def _chinese(language: str) -> bool:
+    return language.lower().startswith("zh")
+
+
+# The dunning sentences, said in the email's language from the facts billing.dunning puts in the payload:
+# `next_at` (the next retry or reminder; null at the last step), `last`, `consequence` (at the last step: the plan's
+# `dunning`, suspend | uncollectible), `action_url` (payment_action_required), `failure_code` (payment_failed and
+# payment_action_required; null when nothing could be charged). billing.dunning also records the English sentences
+# as `next` and `action`, which webhook receivers read; a payload recorded before the facts has only those.
+_DUNNING: dict[bool, dict[str, str]] = {
+    False: {"retry": "We will try again on {day}; you can also update your payment method.",
+            "no_retry": "No further attempts will be made; please pay by another method.",
+            "remind": "We will remind you again on {day}.",
+            "no_reminder": "This is the last reminder.",
+            "confirm": "Confirm the payment here: {url}",
+            "no_link": "Add another payment method, or ask us for a link to confirm this payment."},
+    True: {"retry": "我们将于 {day} 再次尝试扣款；您也可以更新付款方式。",
+           "no_retry": "我们不会再尝试扣款，请通过其他方式付款。",
+           "remind": "我们将于 {day} 再次提醒您。",
+           "no_reminder": "这是最后一次提醒。",
+           "confirm": "请在此确认付款：{url}",
+           "no_link": "请添加其他付款方式，或联系我们获取确认此付款的链接。"},
+}
+CONSEQUENCES: dict[bool, dict[str, str]] = {
+    False: {"suspend": "Until it is paid, your plan is limited to the free plan's limits.",
+            "uncollectible": "The invoice is now marked uncollectible; paying it still settles it."},
+    True: {"suspend": "在付清之前，您的套餐将被限制为免费套餐的额度。",
+           "uncollectible": "该发票现已标记为无法收回；您仍可付款结清。"},
+}
+# The provider's failure message is English: a Chinese email says the failure code's meaning instead.
+_FAILURE_ZH = {"card_declined": "银行卡被拒绝", "insufficient_funds": "余额不足", "expired_card": "银行卡已过期",
+               "incorrect_cvc": "安全码错误", "incorrect_number": "卡号错误", "processing_error": "处理付款时出错",
+               "authentication_required": "此付款需要您验证", "payer_action_required": "此付款需要您在 PayPal 确认",
+               "instrument_declined": "付款方式被拒绝", "not_received": "支付服务商未收到此次扣款",
+               "canceled": "付款已取消", "voided": "订单已作废"}
+
+
+def dunning_sentences(kind: str, facts: Mapping[str, Any], language: str) -> tuple[str, str]:
+    """(next, action) of a dunning notification in `language` (Chinese for zh*, English otherwise), from its
+    facts: what happens next (the next retry or reminder, or the last step's consequence), and for
+    payment_action_required what to do (confirm at `action_url`, else another payment method)."""
+    chinese = _chinese(language)
+    words = _DUNNING[chinese]
+    if facts.get("next_at"):
+        following = words["remind" if kind == "payment_reminder" else "retry"].format(day=_day(facts["next_at"]))
+    else:
+        consequence = CONSEQUENCES[chinese].get(str(facts.get("consequence") or ""), "")
+        sentence = words["no_reminder" if kind == "payment_reminder" else "no_retry"]
+        following = ("" if chinese else " ").join(part for part in (sentence, consequence) if part)
+    action = ""
+    if kind == "payment_action_required":
+        url = facts.get("action_url")
+        action = words["confirm"].format(url=url) if url else words["no_link"]
+    return following, action
+
+
+def _reason(payload: Mapping[str, Any], chinese: bool) -> str:
+    if not chinese or "failure_code" not in payload:
+        return str(payload.get("reason", ""))
+    code = payload["failure_code"]
+    if not code:
+        return "未能扣款"
+    return _FAILURE_ZH.get(str(code), f"未能扣款（{code}）")
+
+
 _EN: dict[str, tuple[str, str]] = {
     "quota_80": ("You have used {level}% of your monthly calls ({period})",
                  "Your account {name} has used {used} of its {limit} calls for {period} ({level}%).\n"
@@ -241,16 +308,19 @@ _STATUS_ZH = {"open": "待支付", "paid": "已支付", "void": "已作废", "un
 
 def render_email(kind: str, payload: Mapping[str, Any], language: str, account_name: str) -> tuple[str, str]:
     """(subject, plain-text body) in the account's language: Chinese for zh*, English otherwise."""
-    chinese = language.lower().startswith("zh")
+    chinese = _chinese(language)
     subject, body = (_ZH if chinese else _EN)[kind]
     status = str(payload.get("status", ""))
+    following, action = str(payload.get("next", "")), str(payload.get("action", ""))
+    if "last" in payload:           # the dunning facts (a payload recorded before them: its English text as is)
+        following, action = dunning_sentences(kind, payload, language)
     values = {"name": account_name, "period": payload.get("period", ""), "level": payload.get("level", ""),
               "used": payload.get("used", ""), "limit": payload.get("limit", ""), "number": payload.get("number", ""),
               "total": _money(payload["total_minor"], payload["currency"]) if "total_minor" in payload else "",
               "due": _day(payload.get("due_at")), "status": _STATUS_ZH.get(status, status) if chinese else status,
               "day": payload.get("day", ""), "calls": payload.get("calls", ""), "ratio": payload.get("ratio", ""),
-              "avg": payload.get("trailing_avg", ""), "reason": payload.get("reason", ""),
-              "next": payload.get("next", ""), "action": payload.get("action", "")}
+              "avg": payload.get("trailing_avg", ""), "reason": _reason(payload, chinese),
+              "next": following, "action": action}
     footer = ("\n\n—— AI Hub\n（此邮件由系统自动发送。）" if chinese
               else "\n\n-- AI Hub\n(This message was sent automatically.)")
     return "[AI Hub] " + subject.format(**values), body.format(**values) + footer

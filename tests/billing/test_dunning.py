@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,8 +29,9 @@ from billing.payments.service import PaymentService
 from billing.provider_events import apply
 from gateway.keys import AccountKeys
 from tests.billing.conftest import KEY, ApiThread
-from tests.billing.test_payments_stripe import CHARGE_FAILS, VISA, card, open_invoice
-from tests.quota.conftest import PinnedClock
+from tests.billing.test_invoices import PERIOD
+from tests.billing.test_payments_stripe import CHARGE_FAILS, NEEDS_3DS, VISA, card, open_invoice
+from tests.quota.conftest import YEAR, PinnedClock
 
 DAY = 86400.0
 
@@ -74,7 +77,6 @@ def test_dunning_retries_suspends_and_restores(payments: PaymentService, service
     with db() as session:
         assert session.get(Dunning, session.scalars(select(Dunning.invoice_id)).one()).state == "recovered"
     from billing.reports import revenue_report
-    from tests.quota.conftest import YEAR
     [december] = revenue_report(db, catalog, f"{YEAR}-12", f"{YEAR}-12")
     assert december.payments == {"attempts": 6, "succeeded": 1, "failed": 5, "success_rate_pct": "16.67"}
 
@@ -349,3 +351,175 @@ def test_bank_transfer_enterprise_debts_become_uncollectible(
     assert invoicer.get(number)["status"] == "uncollectible" and plan_in_redis(r, account) == "enterprise"
     payments.mark_paid_by_bank_transfer(number, "LATE-1")
     assert invoicer.get(number)["status"] == "paid"
+
+
+# -- the dunning emails in the account's language ----------------------------------------------------------------
+
+FOOTER_EN = "\n\n-- AI Hub\n(This message was sent automatically.)"
+FOOTER_ZH = "\n\n—— AI Hub\n（此邮件由系统自动发送。）"
+SUSPEND_EN = "Until it is paid, your plan is limited to the free plan's limits."
+UNCOLLECTIBLE_EN = "The invoice is now marked uncollectible; paying it still settles it."
+ENGLISH_RUN = re.compile(r"[A-Za-z']+[,;:.!?]?[ \t]+[A-Za-z']+[,;:.!?]?[ \t]+[A-Za-z']+")
+
+
+def english_runs(text: str) -> list[str]:
+    """Runs of 3+ English words (a sentence); URLs left out (invoice numbers, dates, amounts never match)."""
+    return ENGLISH_RUN.findall(re.sub(r"https?://\S+", "", text))
+
+
+def emails(db: sessionmaker[Session], account: str) -> list[tuple[Notification, str, str]]:
+    """Each notification of the account with its English email body and its Chinese subject and body."""
+    from billing.notifications import render_email
+    with db() as session:
+        told = list(session.scalars(select(Notification).where(Notification.account_id == account)
+                                    .order_by(Notification.id)))
+    return [(n, render_email(n.kind, n.payload, "en", "Payer")[1], "\n".join(render_email(n.kind, n.payload, "zh-CN",
+                                                                                           "Payer")))
+            for n in told]
+
+
+def test_english_runs_are_found() -> None:
+    assert english_runs("扣款失败：Your card was declined.。") == ["Your card was"]
+    assert english_runs("请在此确认付款：https://billing.example.com/pay/AH-2026-000001?a=b c") == []
+    assert english_runs(f"发票 AH-{YEAR}-000001（{YEAR}-11，USD 29.00）将于 {YEAR}-12-03 到期。\n—— AI Hub\n") == []
+
+
+@pytest.mark.parametrize(("plan", "consequence_en", "consequence_zh"), [
+    ("pro", SUSPEND_EN, "在付清之前，您的套餐将被限制为免费套餐的额度。"),
+    ("enterprise", UNCOLLECTIBLE_EN, "该发票现已标记为无法收回；您仍可付款结清。")])
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_payment_failed_emails_are_in_the_accounts_language(
+        plan: str, consequence_en: str, consequence_zh: str, payments: PaymentService, service: AccountService,
+        invoicer: Invoicer, stripe_client: stripe.StripeClient, db: sessionmaker[Session], catalog: Any) -> None:
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    account, number = open_invoice(service, invoicer)                   # the clock on {YEAR}-12-02T09:00
+    service.set_plan(account, plan)
+    payments.add_payment_method(account, card(stripe_client, CHARGE_FAILS))
+    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
+    dunner.collect()
+    clock.now += DAY
+    assert dunner.run()["exhausted"] == 1
+    [(first, first_en, first_zh), (last, last_en, last_zh)] = emails(db, account)
+    assert first.kind == last.kind == "payment_failed"
+    reason = first.payload["reason"]
+    assert reason == "Your card was declined."
+    failed_en = f"The payment of invoice {number} ({PERIOD}, USD 29.00) for Payer failed: {reason}.\n"
+    assert first_en == (failed_en + f"We will try again on {YEAR}-12-03; you can also update your payment method."
+                        + FOOTER_EN)
+    assert last_en == (failed_en + "No further attempts will be made; please pay by another method. "
+                       + consequence_en + FOOTER_EN)
+    assert first.payload["next"] == f"We will try again on {YEAR}-12-03; you can also update your payment method."
+    assert (first.payload["next_at"], first.payload["last"], first.payload["consequence"]) == (
+        f"{YEAR}-12-03T09:00:00Z", False, None)
+    assert (last.payload["next_at"], last.payload["last"], last.payload["consequence"]) == (
+        None, True, "suspend" if plan == "pro" else "uncollectible")
+    assert first.payload["transfer"] is False and first.payload["failure_code"] == "card_declined"
+
+    assert english_runs(first_zh) == english_runs(last_zh) == []
+    failed_zh = (f"[AI Hub] 发票 {number} 扣款失败\n"
+                 f"Payer 的发票 {number}（{PERIOD}，USD 29.00）扣款失败：银行卡被拒绝。\n")
+    assert first_zh == failed_zh + f"我们将于 {YEAR}-12-03 再次尝试扣款；您也可以更新付款方式。" + FOOTER_ZH
+    assert last_zh == failed_zh + "我们不会再尝试扣款，请通过其他方式付款。" + consequence_zh + FOOTER_ZH
+
+
+@pytest.mark.parametrize("url", ["https://billing.example.com/pay/{invoice}", None])
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_payment_action_required_emails_are_in_the_accounts_language(
+        url: str | None, localstripe: str, payments: PaymentService, service: AccountService, invoicer: Invoicer,
+        stripe_client: stripe.StripeClient, db: sessionmaker[Session], catalog: Any) -> None:
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    payments.action_url = url
+    account, number = open_invoice(service, invoicer)
+    payments.add_payment_method(account, card(stripe_client, NEEDS_3DS))
+    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
+    dunner.collect()
+    clock.now += DAY
+    assert dunner.run()["exhausted"] == 1
+    [(first, first_en, first_zh), (last, last_en, last_zh)] = emails(db, account)
+    assert first.kind == last.kind == "payment_action_required"
+    link = f"https://billing.example.com/pay/{number}"
+    assert first.payload["action_url"] == (link if url else None)
+    action_en = (f"Confirm the payment here: {link}" if url
+                 else "Add another payment method, or ask us for a link to confirm this payment.")
+    asked_en = (f"Your bank (or PayPal) asks you to confirm the payment of invoice {number} ({PERIOD}, USD 29.00) "
+                f"for Payer before it can be charged.\n{action_en}\n")
+    assert first_en == (asked_en + f"We will try again on {YEAR}-12-03; you can also update your payment method."
+                        + FOOTER_EN)
+    assert last_en == (asked_en + "No further attempts will be made; please pay by another method. " + SUSPEND_EN
+                       + FOOTER_EN)
+    assert first.payload["action"] == action_en
+
+    assert english_runs(first_zh) == english_runs(last_zh) == []
+    action_zh = f"请在此确认付款：{link}" if url else "请添加其他付款方式，或联系我们获取确认此付款的链接。"
+    asked_zh = (f"[AI Hub] 请确认发票 {number} 的付款\n您的银行（或 PayPal）要求您先确认 Payer 的发票 {number}"
+                f"（{PERIOD}，USD 29.00）的付款，然后才能扣款。\n{action_zh}\n")
+    assert first_zh == asked_zh + f"我们将于 {YEAR}-12-03 再次尝试扣款；您也可以更新付款方式。" + FOOTER_ZH
+    assert last_zh == (asked_zh + "我们不会再尝试扣款，请通过其他方式付款。"
+                       "在付清之前，您的套餐将被限制为免费套餐的额度。" + FOOTER_ZH)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_payment_reminder_emails_are_in_the_accounts_language(
+        payments: PaymentService, service: AccountService, invoicer: Invoicer, db: sessionmaker[Session],
+        catalog: Any) -> None:
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    account, number = open_invoice(service, invoicer)
+    payments.enable_bank_transfer(account)
+    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
+    due = invoicer.get(number)["due_at"]
+    clock.set(due.removesuffix("Z"))
+    clock.advance(3600)
+    assert dunner.collect()["overdue"] == 1
+    reminded_on = (datetime.fromtimestamp(clock(), UTC) + timedelta(days=1)).date().isoformat()
+    clock.now += DAY
+    assert dunner.run()["exhausted"] == 1
+    [(first, first_en, first_zh), (last, last_en, last_zh)] = emails(db, account)
+    assert first.kind == last.kind == "payment_reminder"
+    overdue_en = (f"Invoice {number} ({PERIOD}, USD 29.00) for Payer was due on {due[:10]} and we have not received "
+                  f"your bank transfer yet. Please transfer USD 29.00 with the reference {number}.\n")
+    assert first_en == overdue_en + f"We will remind you again on {reminded_on}." + FOOTER_EN
+    assert last_en == overdue_en + "This is the last reminder. " + SUSPEND_EN + FOOTER_EN
+
+    assert first.payload["transfer"] is True and (first.payload["last"], last.payload["last"]) == (False, True)
+    assert english_runs(first_zh) == english_runs(last_zh) == []
+    overdue_zh = (f"[AI Hub] 提醒：发票 {number} 已逾期\n"
+                  f"Payer 的发票 {number}（{PERIOD}，USD 29.00）已于 {due[:10]} 到期，我们尚未收到您的银行转账。"
+                  f"请转账 USD 29.00，并注明参考号 {number}。\n")
+    assert first_zh == overdue_zh + f"我们将于 {reminded_on} 再次提醒您。" + FOOTER_ZH
+    assert last_zh == overdue_zh + "这是最后一次提醒。在付清之前，您的套餐将被限制为免费套餐的额度。" + FOOTER_ZH
+
+
+def test_a_payload_recorded_before_the_facts_renders_its_english_text() -> None:
+    from billing.notifications import render_email
+    old = {"number": "AH-2026-000007", "period": "2026-11", "total_minor": 2900, "currency": "USD",
+           "due_at": "2026-12-16T00:00:00Z", "retries": 0, "reason": "Your card was declined.",
+           "next": "We will try again on 2026-12-03; you can also update your payment method.",
+           "action_url": None, "action": "Add another payment method, or ask us for a link to confirm this payment."}
+    _, english = render_email("payment_action_required", old, "en", "Payer")
+    assert english == ("Your bank (or PayPal) asks you to confirm the payment of invoice AH-2026-000007 (2026-11, "
+                       "USD 29.00) for Payer before it can be charged.\n" + old["action"] + "\n" + old["next"]
+                       + FOOTER_EN)
+    _, chinese = render_email("payment_failed", old, "zh", "Payer")
+    assert chinese == ("Payer 的发票 AH-2026-000007（2026-11，USD 29.00）扣款失败：Your card was declined.。\n"
+                       + old["next"] + FOOTER_ZH)          # no facts to say it in Chinese: the text recorded
+
+
+@pytest.mark.parametrize(("code", "zh"), [
+    (None, "未能扣款"), ("insufficient_funds", "余额不足"), ("instrument_declined", "付款方式被拒绝"),
+    ("do_not_honor", "未能扣款（do_not_honor）")])
+def test_the_failure_reason_in_chinese(code: str | None, zh: str) -> None:
+    from billing.notifications import render_email
+    payload = {"number": "AH-2026-000007", "period": "2026-11", "total_minor": 2900, "currency": "USD",
+               "due_at": "2026-12-16T00:00:00Z", "retries": 4, "reason": "The bank said no to this one.",
+               "failure_code": code, "transfer": False, "next_at": None, "last": True, "consequence": "unknown_code",
+               "next": "No further attempts will be made; please pay by another method."}
+    _, english = render_email("payment_failed", payload, "en", "Payer")
+    assert english.startswith("The payment of invoice AH-2026-000007 (2026-11, USD 29.00) for Payer failed: The bank "
+                              "said no to this one..\nNo further attempts will be made; please pay by another "
+                              "method.\n\n")
+    _, chinese = render_email("payment_failed", payload, "zh-TW", "Payer")
+    assert f"扣款失败：{zh}。\n我们不会再尝试扣款，请通过其他方式付款。\n\n" in chinese
+    assert english_runs(chinese) == []
