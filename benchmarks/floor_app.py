@@ -1,4 +1,4 @@
-"""The floor of the gateway's design: the same HTTP server and upstream client with no gateway logic at all.
+"""The floor of the gateway's server and client: the same HTTP server and upstream client with no gateway logic.
 
 `python -m benchmarks.floor_app` serves, on AIHUB_HOST:AIHUB_PORT, an ASGI app that reads each request's body
 and sends it as is to AIHUB_UPSTREAM_DEFAULT_URL + the request's path with `gateway.upstream.Upstreams` (the
@@ -7,7 +7,8 @@ no key, no allow-list, no JSON parsing, no quota, no metrics, no request id. It 
 `gateway.server.uvicorn_config` (uvloop, httptools), as `aihub serve` does.
 
 Whatever this costs per request, the gateway costs more: `test_bench_hotpath.py` measures it beside nginx
-`proxy_pass` so that the "checks on >= 15% of nginx" target can be read against what the design allows.
+`proxy_pass` so that the "checks on >= 15% of nginx" target can be read against what this server and client
+allow on the machine measured.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   AIHUB_BENCH_BASELINE=<a copy of the code before the change> also to that code's gateway, in the same rounds.
   Targets: checks on >= 15% of nginx's req/s; on/off >= 0.92; p50 added by the checks at one connection
   <= 0.25 ms. Also the floor (benchmarks/floor_app.py: the same uvicorn and pyreqwest client with no gateway
-  logic): the most a gateway of this design can reach, printed as a share of nginx.
+  logic): a ceiling for a gateway on this server and client on the machine measured, printed as a share of nginx.
 * `test_streaming`: one connection, one streamed chat completion after the other: time to first byte and to the
   last byte, direct and through the gateway, against nginx serving a fixed SSE body (in one write) and the fake
   upstream sending one event every CHUNK_DELAY_MS; the gateway's CPU per relayed chunk.
@@ -141,7 +141,7 @@ def test_hot_path(tmp_path: Path) -> None:
     print(table(["target", "req/s", "p50 ms", "p99 ms", "requests", "proxy CPU us/req", "CPU%: proxy", "upstream",
                  "redis", "wrk", "other jobs"], rows))
     floor_share, floor_rounds = med([r[FLOOR].rps / r["nginx proxy_pass"].rps for r in rounds])
-    checked = [("floor / nginx proxy_pass, req/s (the most any gateway on this design reaches)", floor_share,
+    checked = [("floor / nginx proxy_pass, req/s (a ceiling for this server and client here)", floor_share,
                 floor_rounds, "", True)]
     for label in ["gateway", *(["before"] if BASELINE else []), *(["granian"] if granian_available() else [])]:
         on, off = f"{label}, checks on", f"{label}, checks off"

@@ -48,7 +48,7 @@ from gateway.usage import TokenCounts
 
 log = logging.getLogger("aihub.proxy")
 JSON = b"application/json"
-HIDDEN_STATUSES = frozenset({401, 403, 429})   # with 5xx: the upstream's text is logged, never relayed
+HIDDEN_STATUSES = frozenset({401, 403, 407, 429})   # with 3xx, 5xx: the upstream's text is logged, never relayed
 MAX_KEYS_CACHED = 10_000
 MAX_PATHS_CACHED = 1_000
 
@@ -221,7 +221,7 @@ class Proxy:
             if settles:
                 self.engine.settle_soon(admission, self.usage_of(admission, status, outcome, tokens, model, latency))
 
-        if status >= 500 or status in HIDDEN_STATUSES:
+        if status >= 500 or status in HIDDEN_STATUSES or 300 <= status < 400:   # redirects are not followed
             await self._hidden_failure(response, upstream, admission, finish)
         out_headers = response_headers(response.headers)
         out_headers += admission.header_pairs()
@@ -238,18 +238,29 @@ class Proxy:
             finish("upstream_error", None)
             raise errors.UpstreamError(f"The upstream broke off its answer (request {admission.rid}).") from None
         finish("ok" if status < 400 else "upstream_error", body_usage(data) if settles and status < 400 else None)
-        if status >= 400 and not (response.header(b"content-type") or b"").startswith(JSON):
-            return self._refusal(status, data, admission)
+        if status >= 400:
+            return self._client_error(status, out_headers, data, upstream, admission)
         return Reply(status, out_headers, data)
 
-    @staticmethod
-    def _refusal(status: int, data: bytes, admission: Admission) -> Reply:
-        """An upstream 4xx whose body is not JSON (a front server's text or HTML page): the client gets the
-        status with an error in the API's format, quoting the start of the text."""
-        text = " ".join(data[:300].decode("utf-8", "replace").split())
-        quoted = f": {text}" if text else ""
-        error = errors.InvalidRequest(f"The upstream refused the request with HTTP {status}{quoted} (request "
-                                      f"{admission.rid}).", code="upstream_refused")
+    def _client_error(self, status: int, out_headers: list[tuple[bytes, bytes]], data: bytes, upstream: str,
+                      admission: Admission) -> Reply:
+        """An upstream 4xx (not 401/403/407/429): a JSON object (the model API's error about the request) is
+        relayed with the operator's upstream key blanked out should it appear; anything else (a front server's
+        text or HTML page) is not relayed: the client gets the status with a fixed error in the API's format, and
+        the text goes to the log."""
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            key = self.upstreams.keys.get(upstream)
+            if key and key.encode() in data:
+                data = data.replace(key.encode(), b"[redacted]")
+            return Reply(status, out_headers, data)
+        log.warning("upstream %s answered HTTP %d to %s with a body that is not JSON: %s", upstream, status,
+                    admission.rid, data[:500].decode("utf-8", "replace"))
+        error = errors.InvalidRequest(f"The upstream refused the request with HTTP {status}; the details were "
+                                      f"logged under request {admission.rid}.", code="upstream_refused")
         return Reply(status, [JSON_TYPE, *admission.header_pairs()], error.body())
 
     async def _hidden_failure(self, response: UpstreamResponse, upstream: str, admission: Admission,

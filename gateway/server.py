@@ -1,5 +1,7 @@
 """Runs the gateway under uvicorn with uvloop and httptools, and stops it without losing a request.
 
+The HTTP protocol is uvicorn's httptools one with a bound on the request head (gateway.http_protocol).
+
 On SIGINT or SIGTERM: stop accepting, let the requests in flight finish for up to AIHUB_SHUTDOWN_GRACE_S
 (then cancel them: their reservations are settled as cancelled), then the lifespan's shutdown flushes
 every queued settle before the Redis connections close. `serve` returns afterwards (the signal is not
@@ -27,6 +29,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from gateway.app import create_app
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 
 log = logging.getLogger("aihub.gateway")
@@ -34,7 +37,7 @@ CANCELLED_WAIT_S = 5.0   # how long the cancelled requests get to settle after t
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+    return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http=GatewayHttpProtocol,
                           lifespan="on", access_log=False, log_level="warning", backlog=4096,
                           proxy_headers=False, server_header=False)
 

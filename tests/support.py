@@ -15,6 +15,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.catalog import Catalog
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.quota.periods import Clock, system_clock
 from gateway.redis_server import free_port
 from gateway.settings import ROOT, Settings
@@ -40,7 +41,7 @@ class GatewayThread:
         self.settings = settings
         self.app = create_app(settings, catalog, clock=clock, run_reaper=run_reaper)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, loop="uvloop",
-                                http="httptools", lifespan="on", log_level="warning", access_log=False)
+                                http=GatewayHttpProtocol, lifespan="on", log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{settings.port}"

@@ -277,39 +277,74 @@ def test_an_oversized_forwarded_value_is_not_sent_and_too_many_headers_are_refus
     assert len(recorded(upstream)) == 1                           # the refused request never left the gateway
 
 
-def test_an_upstream_refusal_in_plain_text_reaches_the_client_in_the_api_format(make_gateway: Any,
-                                                                               pro_key: str) -> None:
-    import http.server
-    import threading
+class _FrontServer:
+    """A server in front of the model API answering every POST with a fixed status, content-type and body
+    (`{key}` in the body is replaced by the Authorization value it received, as an echoing proxy would)."""
 
-    class FrontServer(http.server.BaseHTTPRequestHandler):     # a proxy in front of the model API, refusing
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
-            page = b"<html><body><h1>413 Request Entity Too Large</h1>\n</body></html>"
-            self.send_response(413)
-            self.send_header("content-type", "text/html")
-            self.send_header("content-length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        import http.server
+        import threading
 
-        def log_message(self, *args: Any) -> None:
-            pass
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                page = body.replace(b"{key}", self.headers.get("authorization", "").encode())
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("location", "https://elsewhere.example/")
+                self.send_header("content-length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
 
-    front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FrontServer)
-    threading.Thread(target=front.serve_forever, daemon=True).start()
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _through_front(make_gateway: Any, key: str, status: int, content_type: str,
+                   body: bytes) -> tuple[int, dict[str, str], bytes]:
+    front = _FrontServer(status, content_type, body)
     try:
-        gateway = make_gateway(upstream_urls={"default": f"http://127.0.0.1:{front.server_address[1]}"})
-        status, headers, body = raw(gateway, "POST", "/v1/chat/completions",
-                                    json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode(),
-                                    {"Authorization": f"Bearer {pro_key}", "Content-Type": "application/json"})
+        gateway = make_gateway(upstream_urls={"default": front.url})
+        return raw(gateway, "POST", "/v1/chat/completions",
+                   json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode(),
+                   {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     finally:
-        front.shutdown()
-        front.server_close()
+        front.close()
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "application/json"])
+def test_an_upstream_4xx_that_is_not_json_reaches_the_client_as_a_fixed_error(make_gateway: Any, pro_key: str,
+                                                                              content_type: str) -> None:
+    page = b"<html><body><h1>413 Request Entity Too Large</h1> seen: {key} at edge-7.internal</body></html>"
+    status, headers, body = _through_front(make_gateway, pro_key, 413, content_type, page)
     assert status == 413 and headers["content-type"] == "application/json"
     error = json.loads(body)["error"]
     assert error["code"] == "upstream_refused" and error["type"] == "invalid_request_error"
-    assert "HTTP 413: <html><body><h1>413 Request Entity Too Large</h1> </body></html>" in error["message"]
     assert headers["x-request-id"] in error["message"] and "x-quota-remaining" in headers
+    assert b"edge-7" not in body and UPSTREAM_KEY.encode() not in body and b"html" not in body
+
+
+def test_an_upstream_json_4xx_is_relayed_without_the_operator_key(make_gateway: Any, pro_key: str) -> None:
+    echo = b'{"error": {"message": "bad request; you sent {key}", "type": "invalid_request_error", "code": null}}'
+    status, _, body = _through_front(make_gateway, pro_key, 400, "application/json; charset=utf-8", echo)
+    assert status == 400
+    assert json.loads(body)["error"]["message"] == "bad request; you sent Bearer [redacted]"
+
+
+@pytest.mark.parametrize("status", [302, 407])
+def test_an_upstream_redirect_or_proxy_refusal_is_not_relayed(make_gateway: Any, pro_key: str, status: int) -> None:
+    answer_status, headers, body = _through_front(make_gateway, pro_key, status, "text/html",
+                                                  b"squid/5.7 at proxy.corp.internal:3128")
+    assert answer_status == 502 and "location" not in headers
+    assert json.loads(body)["error"]["code"] == "upstream_error" and b"squid" not in body
 
 
 def test_paths_outside_the_table_are_refused_and_not_forwarded(gateway: GatewayThread, pro_key: str,

@@ -1,0 +1,75 @@
+"""The request head is bounded (431) and unparsable requests get the API's error shape (gateway.http_protocol)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+
+import pytest
+
+from gateway.accounts import AccountStore
+from gateway.http_protocol import MAX_HEAD_BYTES
+from tests.support import GatewayThread
+
+
+@pytest.fixture
+def pro_key(store: AccountStore) -> str:
+    return store.issue_key(store.create_account("Acme", "pro")).api_key
+
+
+def _exchange(gateway: GatewayThread, raw: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Sends `raw` on a new connection and reads one answer (the gateway closes after these refusals)."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):   # refused before all was sent: the
+            sock.sendall(raw)                                               # answer is still there
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b": ")
+        if name.lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def test_a_head_over_the_limit_is_431_and_the_gateway_keeps_serving(gateway: GatewayThread) -> None:
+    started = time.monotonic()
+    status, headers, body = _exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+                                      + b"a" * (4 * MAX_HEAD_BYTES) + b"\r\n\r\n")
+    assert status == 431 and headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+    assert time.monotonic() - started < 5
+    status, _, body = _exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+def test_a_head_under_the_limit_and_a_large_body_are_not_refused(gateway: GatewayThread, pro_key: str) -> None:
+    status, _, _ = _exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Ok: "
+                             + b"a" * (MAX_HEAD_BYTES - 200) + b"\r\n\r\n")
+    assert status == 200
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 300_000}]}).encode()
+    status, _, answer = _exchange(gateway, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                  b"Authorization: Bearer " + pro_key.encode() + b"\r\nContent-Type: application/json"
+                                  b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert status == 200, answer       # a body arriving in the same reads as the head is not counted as head
+
+
+def test_a_request_the_parser_refuses_gets_a_json_400(gateway: GatewayThread) -> None:
+    status, headers, body = _exchange(gateway, b"GARBAGE\r\n\r\n")
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "invalid_http_request"
+    status, _, body = _exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n")
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
