@@ -16,10 +16,10 @@ from urllib.parse import urlparse
 import redis
 
 from billing_worker.errors import ConfigError
-from gateway.settings import parse_bool
+from gateway.settings import parse_bool, var_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CLICKHOUSE_URL = f"chdb://{REPO_ROOT / '.var' / 'chdb'}"
+DEFAULT_CLICKHOUSE_URL = f"chdb://{REPO_ROOT / '.var' / 'chdb'}"     # without AIHUB_VAR_DIR: default_clickhouse_url
 FAULTS = ("", "kill-after-insert")
 
 T = TypeVar("T")
@@ -70,6 +70,12 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     return cast
 
 
+def default_clickhouse_url(env: Mapping[str, str]) -> str:
+    """CLICKHOUSE_URL's default: chDB in `<AIHUB_VAR_DIR>/chdb` (`<repo>/.var/chdb` without it). chDB allows one
+    process per data directory, so each var dir (each `make up` or `make stack`) has its own."""
+    return f"chdb://{var_dir(env).absolute() / 'chdb'}"
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -102,7 +108,7 @@ class Settings:
             redis_url=_read(e, "REDIS_URL", d.redis_url, str, "a redis:// URL"),
             redis_cluster=_read(e, "REDIS_CLUSTER", d.redis_cluster, parse_bool, "true or false"),
             broker_url=_read(e, "AIHUB_BROKER_URL", "", str, "a redis:// URL of a single server"),
-            clickhouse_url=_read(e, "CLICKHOUSE_URL", d.clickhouse_url, _clickhouse_url,
+            clickhouse_url=_read(e, "CLICKHOUSE_URL", default_clickhouse_url(e), _clickhouse_url,
                                  "chdb:///<dir> or http(s)://user:pass@host:8123/db"),
             clickhouse_cluster=_read(e, "CLICKHOUSE_CLUSTER", "", str, "a cluster name"),
             schema_dir=_read(e, "CLICKHOUSE_SCHEMA_DIR", d.schema_dir, Path, "a directory"),

@@ -4,10 +4,17 @@
 `python -m MODULE ARGS... --ready-fd N`, in its own session (a terminal's Ctrl-C reaches the parent only), from the
 project's root, stdin closed. Once it accepts connections the child writes one line to that pipe: "ready", then
 optional words (the API process of `make stack`: the paths it serves). Imports nothing of the database.
+
+A child does not outlive its parent: on Linux it asks the kernel for SIGTERM when the parent dies (prctl
+PR_SET_PDEATHSIG, set between fork and exec; a parent that died before that makes it exit at once), so a
+`kill -9` of `make stack` or of `aihub serve --workers N` still gives each child its normal graceful stop (a proxy
+finishes and settles what is in flight, the worker drains) instead of leaving it serving and holding its port or
+chDB directory. The signal follows the thread that started the child: start them from the main thread.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import selectors
@@ -21,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from gateway.settings import ROOT
 
 READ_POLL_S = 0.2          # how often a wait for the ready line looks at `stopping`
+PR_SET_PDEATHSIG = 1       # linux/prctl.h
 
 
 class ChildNotReady(RuntimeError):
@@ -38,13 +46,41 @@ def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float, label: str, log:
         return None
 
 
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (Linux), looked up in the parent: the child only calls it between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl      # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(then: Callable[[], None] | None = None) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGTERM when the calling process (its parent) dies; when the parent already
+    died before the request took effect, the child exits at once (status 1). `then` runs afterwards. Elsewhere
+    than on Linux, only `then`."""
+    prctl = _prctl()
+    parent = os.getpid()
+
+    def preexec() -> None:       # in the child, between fork and exec
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:          # the parent died before the signal was armed: nobody sends it
+                os._exit(1)
+        if then is not None:
+            then()
+    return preexec
+
+
 class ReadyChild:
     """One child process and the read end of the pipe it writes its ready line to.
 
     `name` names it in logs and errors ("worker 2", "proxy 1"); `log` is the parent's logger; `start_timeout_s`
     is the start-up time the parent allows, named in the error when the deadline passes; `preexec_fn` runs in the
-    child between fork and exec. After `wait_ready`: `ready` (True once it served) and `ready_words` (the words
-    after "ready"). `started`: time.monotonic() when it was started."""
+    child between fork and exec, after its parent-death signal is set (`die_with_parent`). After `wait_ready`:
+    `ready` (True once it served) and `ready_words` (the words after "ready"). `started`: time.monotonic() when it
+    was started."""
 
     def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], *, log: logging.Logger,
                  start_timeout_s: float, preexec_fn: Callable[[], None] | None = None) -> None:
@@ -55,7 +91,8 @@ class ReadyChild:
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", *command, "--ready-fd", str(write_end)],
                                          env=dict(env), cwd=ROOT, stdin=subprocess.DEVNULL, pass_fds=(write_end,),
-                                         start_new_session=True, preexec_fn=preexec_fn)
+                                         start_new_session=True,
+                                         preexec_fn=die_with_parent(preexec_fn))
         except BaseException:
             os.close(read_end)
             raise

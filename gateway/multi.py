@@ -10,7 +10,9 @@
 Start: Redis, upstream, the database projected into Redis and the demo accounts seeded (as `make up`), the
 worker + API (migrations and counters before any request is admitted), then the proxies; the banner (demo keys,
 processes, ports) is printed once every process serves, and `<AIHUB_VAR_DIR>/runtime.json` tells the CLIs where
-Redis is. The children run in their own sessions, so a terminal's Ctrl-C reaches this process only.
+Redis is. The children run in their own sessions, so a terminal's Ctrl-C reaches this process only; the proxies and
+the worker + API get SIGTERM from the kernel if this process dies (kill -9: gateway.children), so they stop as on
+Ctrl-C instead of holding the port and chDB (the Redis and upstream are left to the next start, gateway.up_lock).
 
 Stop (SIGINT or SIGTERM), losing nothing: the proxies first (they stop accepting, finish and settle the requests
 in flight), then the worker + API (its last drain loads every settled usage row into ClickHouse), then the
@@ -42,7 +44,7 @@ from gateway.errors import ConfigError
 from gateway.runtime import Runtime, read_runtime, runtime_path
 from gateway.server import CANCELLED_WAIT_S
 from gateway.settings import ROOT, Env, Settings, var_dir
-from gateway.up_lock import StackBusy, VarDirLock, var_dir_lock
+from gateway.up_lock import StackBusy, VarDirLock, VarDirUnusable, var_dir_lock
 
 log = logging.getLogger("aihub.stack")
 START_TIMEOUT_S = 120.0       # migrations of a new chDB directory included
@@ -188,12 +190,11 @@ def processes_banner(stack: StackSettings, processes: Processes, env: Mapping[st
 
 def run_multi_stack() -> int:
     """`make stack`; 0 after a clean stop, 1 when a process failed or had to be killed. StackBusy when the var dir
-    is taken (gateway.up_lock)."""
+    is taken, VarDirUnusable when it cannot be used (gateway.up_lock)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     env = dict(os.environ)
     stack = StackSettings.from_env(env)
     directory = var_dir(env)
-    directory.mkdir(parents=True, exist_ok=True)
     with var_dir_lock(directory, "make stack") as lock:      # first: a running `make up` means StackBusy, exit 2
         return _run_locked(env, stack, directory, lock)
 
@@ -256,7 +257,7 @@ def _run_locked(env: dict[str, str], stack: StackSettings, directory: Path, lock
 def main() -> int:
     try:
         return run_multi_stack()
-    except (ConfigError, StackBusy) as exc:
+    except (ConfigError, StackBusy, VarDirUnusable) as exc:
         sys.stderr.write(f"aihub stack: {exc}\n")
         return 2
     except (StackError, ChildNotReady) as exc:

@@ -35,7 +35,7 @@ def runtime_path(directory: Path) -> Path:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Written to a temporary file and renamed: a reader sees the old file, no file, or the whole new one.
-    (Also gateway.up_lock's up.children.json.)"""
+    (gateway.up_lock writes up.children.json the same way, with mode 0600.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_bytes(data)

@@ -52,7 +52,8 @@ def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def var_dir(environ: Mapping[str, str]) -> Path:
-    """AIHUB_VAR_DIR: local state of `make up` (private Redis, runtime file); default `<repo>/.var`."""
+    """AIHUB_VAR_DIR: local state of `make up` (private Redis, runtime file, and by default the settle spool and
+    chDB); default `<repo>/.var`."""
     return Path(environ.get("AIHUB_VAR_DIR") or ROOT / ".var")
 
 
@@ -144,7 +145,7 @@ class Settings:
             quota_checks=env.get("AIHUB_QUOTA_CHECKS", parse_bool, True),
             redis_failure_policy=env.choice("AIHUB_REDIS_FAILURE_POLICY", ("closed", "open"), "closed"),
             redis_timeout_s=env.get("AIHUB_REDIS_TIMEOUT_S", float, cls.redis_timeout_s),
-            spool_dir=env.get("AIHUB_SPOOL_DIR", Path, ROOT / ".var" / "spool"),
+            spool_dir=env.get("AIHUB_SPOOL_DIR", Path, var_dir(env.environ) / "spool"),    # one per var dir
             shards=env.get("AIHUB_SHARDS", int, cls.shards),
             reservation_ttl_s=env.get("AIHUB_RESERVATION_TTL_S", int, cls.reservation_ttl_s),
             period_grace_days=env.get("AIHUB_PERIOD_GRACE_DAYS", int, cls.period_grace_days),

@@ -152,7 +152,6 @@ def run_stack() -> None:
     env = dict(os.environ)
     env.setdefault("AIHUB_PORT", "8080")
     directory = var_dir(env)
-    directory.mkdir(parents=True, exist_ok=True)
     with var_dir_lock(directory) as lock, _private_redis(env, directory, lock), _fake_upstream(env, lock):
         os.environ.update(env)
         settings = Settings.from_env(env)

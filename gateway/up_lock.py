@@ -7,12 +7,13 @@ uses the same directory and takes the same lock, so neither runs next to the oth
 
 `up.lock`: the start holds an exclusive flock on it for its whole life (`var_dir_lock`) and passes the open fd to
 its private Redis and fake upstream, so a child left running by a killed start keeps the directory locked. The
-other processes `make stack` starts (proxies, worker + API) do not inherit it.
+other processes `make stack` starts (proxies, worker + API) do not inherit it: they get SIGTERM from the kernel when
+`make stack` dies (gateway.children), so they do not outlive it.
 
 `up.children.json` (`UpRecord`): the process that holds the lock (`make up` or `make stack`) and the children it
 passed the lock to, each with what tells it from a later process given the same pid (`Process`: start time and
-command line from /proc, so Linux only; elsewhere no process is ever recognised), written atomically when the lock
-is taken and after each child is up, removed once they stopped:
+command line from /proc, so Linux only; elsewhere no process is ever recognised), written atomically (mode 0600: it
+holds command lines) when the lock is taken and after each child is up, removed once they stopped:
 
     {"parent":   {"name": "make up", "pid": 4242, "started": 1234567, "cmdline": ["python", "-m", "gateway", "up"]},
      "children": [{"name": "redis-server", "pid": 4250, ...}, {"name": "fake upstream", "pid": 4260, ...}]}
@@ -20,11 +21,16 @@ is taken and after each child is up, removed once they stopped:
 A start finding the recorded parent still running refuses (StackBusy, exit status 2); finding it killed, it stops
 the recorded children that still run (in recorded order, so Redis first, with SIGTERM: it fsyncs its append-only
 file) and goes on; a lock no record explains is never broken.
+
+A var dir that cannot be created, or whose up.lock cannot be opened or up.children.json written (a path under a file,
+a read-only file system), fails the start with one line (VarDirUnusable, exit status 2). An existing up.lock that
+is not writable is fine: it is opened read-only (flock needs no write access).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -38,7 +44,6 @@ from pathlib import Path
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.runtime import write_atomically
 
 LOCK_FILE_NAME = "up.lock"
 CHILDREN_FILE_NAME = "up.children.json"
@@ -133,9 +138,18 @@ def _process_from(raw: dict[str, object]) -> Process:
 
 
 def write_children(path: Path, record: UpRecord) -> None:
-    """Written atomically, like runtime.json."""
+    """Written atomically, like runtime.json (a temporary file renamed over it), with mode 0600. OSError when it
+    cannot be written."""
     data = {"parent": _process_json(record.parent), "children": [_process_json(c) for c in record.children]}
-    write_atomically(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)             # a temporary file left by an earlier run keeps its mode otherwise
+        with open(fd, "wb", closefd=False) as out:
+            out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
 
 
 def read_children(path: Path) -> UpRecord | None:
@@ -164,6 +178,19 @@ class StackBusy(GatewayError):
     code = "stack_busy"
 
 
+class VarDirUnusable(GatewayError):
+    """The var dir cannot be created, or its up.lock opened, or its up.children.json written; the message names the
+    path and the reason. Nothing was started."""
+
+    code = "var_dir_unusable"
+
+    @classmethod
+    def of(cls, directory: Path, what: str, exc: OSError) -> VarDirUnusable:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return cls(f"cannot use {directory} as the var dir: {what}: {reason}. Set AIHUB_VAR_DIR to a writable "
+                   "directory. Nothing was started.")
+
+
 @dataclass
 class VarDirLock:
     """A start's hold on its var dir: `fd`, the open `up.lock` under an exclusive flock, passed to each child it
@@ -174,11 +201,18 @@ class VarDirLock:
     record: UpRecord
 
     def add_child(self, pid: int, name: str) -> None:
-        """Records a started child (once it serves: its command line is the one it runs); nothing if it exited."""
+        """Records a started child (once it serves: its command line is the one it runs); nothing if it exited.
+        VarDirUnusable when the record cannot be written."""
         child = process(pid, name)
         if child is not None:
             self.record = replace(self.record, children=(*self.record.children, child))
+            self.write()
+
+    def write(self) -> None:
+        try:
             write_children(self.path, self.record)
+        except OSError as exc:
+            raise VarDirUnusable.of(self.path.parent, f"cannot write {self.path}", exc) from None
 
 
 def _owner(record: UpRecord) -> str:
@@ -233,17 +267,34 @@ def _claim(fd: int, directory: Path) -> None:
                         "`make stack`, and start again (or start with another AIHUB_VAR_DIR).")
 
 
+def _open_lock(directory: Path) -> int:
+    """The var dir (created if missing) and its up.lock, open: read-write, created if missing, or read-only when it
+    exists but may not be written. VarDirUnusable otherwise."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VarDirUnusable.of(directory, "cannot create it", exc) from None
+    path = directory / LOCK_FILE_NAME
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            with contextlib.suppress(OSError):
+                return os.open(path, os.O_RDONLY)            # an existing lock file suffices: flock needs no write
+        raise VarDirUnusable.of(directory, f"cannot open {path}", exc) from None
+
+
 @contextlib.contextmanager
 def var_dir_lock(directory: Path, owner: str = "make up") -> Iterator[VarDirLock]:
     """Holds the var dir for the life of the start `owner` ("make up", "make stack": its name in the record and in
-    the messages of a refused start; see `_claim`); the children record is removed at the end when none of the
-    children still runs."""
-    fd = os.open(directory / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    the messages of a refused start; see `_claim`), creating it if missing; the children record is removed at the
+    end when none of the children still runs. VarDirUnusable when the directory cannot be used."""
+    fd = _open_lock(directory)
     try:
         _claim(fd, directory)
         me = process(os.getpid(), owner) or Process(pid=os.getpid(), started=0, cmdline=(), name=owner)
         lock = VarDirLock(fd=fd, path=children_path(directory), record=UpRecord(parent=me))
-        write_children(lock.path, lock.record)
+        lock.write()
         try:
             yield lock
         finally:

@@ -19,8 +19,6 @@ gets exactly one stop signal; a worker whose supervisor dies gets SIGTERM from t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -36,21 +34,14 @@ from gateway.settings import ROOT
 log = logging.getLogger("aihub.workers")
 START_TIMEOUT_S = 60.0
 RESTART_EVERY_S = 1.0
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:      # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Worker(ReadyChild):
     """One worker process (`python -m gateway.workers --ready-fd N`), killed by the kernel when the supervisor
-    dies; `number` from 1."""
+    dies (gateway.children.die_with_parent, as every ReadyChild); `number` from 1."""
 
     def __init__(self, number: int, env: Mapping[str, str]) -> None:
-        super().__init__(f"worker {number}", ["gateway.workers"], env, log=log, start_timeout_s=START_TIMEOUT_S,
-                         preexec_fn=_die_with_parent)
+        super().__init__(f"worker {number}", ["gateway.workers"], env, log=log, start_timeout_s=START_TIMEOUT_S)
         self.number = number
 
     def exited_cleanly(self, status: int) -> bool:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from billing_worker.errors import ConfigError
@@ -13,6 +15,13 @@ def test_defaults_without_environment() -> None:
     assert s.drain_group == "drain"
     assert s.drain_consumer  # host-pid
     assert s.anomaly_factor == 3.0
+
+
+def test_chdb_is_the_var_dirs_own_unless_set(tmp_path: Path) -> None:
+    """chDB allows one process per data directory: each var dir (each `make up` or `make stack`) has its own."""
+    assert Settings.from_env({"AIHUB_VAR_DIR": str(tmp_path)}).clickhouse_url == f"chdb://{tmp_path / 'chdb'}"
+    assert Settings.from_env({"AIHUB_VAR_DIR": str(tmp_path), "CLICKHOUSE_URL": "chdb:///elsewhere"}) \
+        .clickhouse_url == "chdb:///elsewhere"
 
 
 def test_values_are_parsed_and_typed() -> None:

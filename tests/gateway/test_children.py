@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ import pytest
 
 from gateway.children import ChildNotReady, ReadyChild
 from gateway.settings import ROOT
+from gateway.up_lock import is_running, process
 
 log = logging.getLogger("tests.children")
 Start = Callable[..., ReadyChild]     # (mode, start_timeout_s=30.0): a started tests.gateway.ready_child
@@ -82,3 +85,31 @@ def test_an_unclean_status_is_logged(start: Start, caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.ERROR, logger="tests.children"):
         assert child.wait(10) is False
     assert f"child exit (pid {child.pid}) exited with status 3" in caplog.text
+
+
+PARENT = """
+import logging, os, sys, threading, time
+from gateway.children import ReadyChild
+child = ReadyChild("child", ["tests.gateway.ready_child", "ready"], os.environ, log=logging.getLogger(),
+                   start_timeout_s=30)
+child.wait_ready(time.monotonic() + 30, threading.Event())
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_child_gets_sigterm_when_its_parent_is_killed() -> None:
+    """kill -9 of the parent (`make stack`, `aihub serve --workers N`): the kernel sends the child SIGTERM."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-c", PARENT], env=env, cwd=ROOT, stdout=subprocess.PIPE) as parent:
+        try:
+            assert parent.stdout is not None
+            child = process(int(parent.stdout.readline()))
+            assert child is not None
+        finally:
+            parent.kill()
+            parent.wait(10)
+    deadline = time.monotonic() + 10
+    while is_running(child):
+        assert time.monotonic() < deadline, f"child pid {child.pid} outlived its parent"
+        time.sleep(0.05)

@@ -42,6 +42,14 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     assert settings.port == 7000 and settings.shards == 4
 
 
+def test_the_spool_is_the_var_dirs_own_unless_set(tmp_path: Path) -> None:
+    """Two stacks on two var dirs never share a spool (a settle replayed into the other's Redis)."""
+    assert Settings.from_env({"AIHUB_VAR_DIR": str(tmp_path / "a")}).spool_dir == tmp_path / "a" / "spool"
+    assert Settings.from_env({}).spool_dir == ROOT / ".var" / "spool"
+    assert Settings.from_env({"AIHUB_VAR_DIR": str(tmp_path / "a"),
+                              "AIHUB_SPOOL_DIR": str(tmp_path / "s")}).spool_dir == tmp_path / "s"
+
+
 def test_catalog_holds_the_three_seed_plans_in_integer_money() -> None:
     catalog = load_catalog(ROOT / "config" / "catalog.toml")
     free, pro, enterprise = catalog.plans["free"], catalog.plans["pro"], catalog.plans["enterprise"]

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,3 +295,149 @@ def test_make_stack_and_make_up_on_the_same_var_dir_refuse_each_other(tmp_path: 
             f"terminal, or `kill {pid}`), or start this one with another AIHUB_VAR_DIR. Nothing was started or "
             "changed."]
         assert recorded(var)["parent"]["pid"] == pid and redis_servers_on(var / "redis") == []
+
+
+def start_multi(env: dict[str, str], tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`python -m gateway.multi` started as a terminal runs it, once it printed its banner: (process, stdout file,
+    stderr file)."""
+    out, err = tmp_path / f"{name}.stdout.txt", tmp_path / f"{name}.stderr.txt"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.multi"], env=env, stdout=stdout, stderr=stderr,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while "  upstream " not in out.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_multi(proc)
+            pytest.fail(f"make stack did not print its banner: {err.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return proc, out, err
+
+
+def stop_multi(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C (the stack stops in order), SIGKILL if it takes over a minute."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_a_killed_make_stack_takes_its_proxies_and_worker_along_and_the_next_start_succeeds(
+        tmp_path: Path, strays: list[Process]) -> None:
+    """kill -9 of `make stack`: its proxies and worker + API get SIGTERM from the kernel (PR_SET_PDEATHSIG) and stop
+    as on Ctrl-C, so they hold neither the ports nor chDB; its Redis and fake upstream stay for the next start on the
+    same var dir and ports, which stops them and starts. chDB and the spool are the var dir's own (the defaults)."""
+    var = tmp_path / "var"
+    env = {k: v for k, v in stack_env(tmp_path).items() if k not in ("CLICKHOUSE_URL", "AIHUB_SPOOL_DIR")}
+    first, out, _ = start_multi(env, tmp_path, "first")
+    try:
+        children = {child["name"]: child["pid"] for child in recorded(var)["children"]}
+        strays.extend(p for p in map(process, children.values()) if p is not None)
+        lines = out.read_text().splitlines()
+        roles = [p for p in (process(int(pid)) for m in map(PIDS.match, lines) if m
+                             for pid in m.group(2).replace(",", " ").split()) if p is not None]
+        strays.extend(roles)
+        assert len(roles) == 3                                   # 2 proxies, the worker + API
+        assert json.loads((var / "runtime.json").read_text())["clickhouse_url"] == f"chdb://{var / 'chdb'}"
+        first.kill()                    # kill -9 of `make stack` alone
+        first.wait(10)
+    finally:
+        stop_multi(first)
+    deadline = time.monotonic() + 15
+    while running := [role.pid for role in roles if is_running(role)]:
+        assert time.monotonic() < deadline, f"still running 15 s after the kill: {running}"
+        time.sleep(0.1)
+    assert all(process(pid) is not None for pid in children.values())      # Redis and upstream: left to the next
+
+    second, _, err = start_multi(env, tmp_path, "second")         # same var dir, same ports
+    try:
+        log = err.read_text()
+        assert f"stopped the leftovers of a killed `make stack` (pid {first.pid}) on {var}: " in log
+        assert all(process(pid) is None for pid in children.values())
+        assert bad_lines(log) == [], log
+        with urllib.request.urlopen(f"http://127.0.0.1:{env['AIHUB_PORT']}/healthz", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        stop_multi(second)
+    assert second.returncode == 0, err.read_text()[-3000:]
+    assert (var / "chdb").is_dir() and not (tmp_path / "chdb").exists()
+    assert not children_path(var).exists() and not lock_held(var / LOCK_FILE_NAME)
+
+
+def test_the_children_record_is_private(tmp_path: Path) -> None:
+    with var_dir_lock(tmp_path / "var") as lock:
+        assert lock.path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("command", [["gateway", "up"], ["gateway.multi"]], ids=["up", "multi"])
+@pytest.mark.parametrize("case", ["under-a-file", "lock-is-a-directory", "record-is-a-directory"])
+def test_an_unusable_var_dir_fails_with_one_line(tmp_path: Path, command: list[str], case: str) -> None:
+    (tmp_path / "afile").write_text("")
+    var = tmp_path / "afile" / "var" if case == "under-a-file" else tmp_path / "var"
+    if case == "lock-is-a-directory":
+        (var / LOCK_FILE_NAME).mkdir(parents=True)
+    if case == "record-is-a-directory":
+        children_path(var).mkdir(parents=True)
+    env = {**stack_env(tmp_path), "AIHUB_VAR_DIR": str(var)}
+
+    done = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+
+    assert done.returncode == 2, done.stderr[-3000:]
+    why = {"under-a-file": "cannot create it: Not a directory",
+           "lock-is-a-directory": f"cannot open {var / LOCK_FILE_NAME}: Is a directory",
+           "record-is-a-directory": f"cannot write {children_path(var)}: Is a directory"}[case]
+    prefix = "aihub stack" if command == ["gateway.multi"] else "aihub"
+    assert done.stderr.strip().splitlines() == [
+        f"{prefix}: cannot use {var} as the var dir: {why}. Set AIHUB_VAR_DIR to a writable directory. Nothing was "
+        "started."]
+    assert not (tmp_path / "var" / "redis").exists()
+
+
+def test_an_existing_lock_file_that_may_not_be_written_still_locks(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / LOCK_FILE_NAME).touch()
+    real_open = os.open
+
+    def no_write(path: Any, flags: int, *args: Any) -> int:        # as a file of another user, even as root
+        if str(path).endswith(LOCK_FILE_NAME) and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+    monkeypatch.setattr(os, "open", no_write)
+    with var_dir_lock(var):
+        monkeypatch.setattr(os, "open", real_open)
+        assert lock_held(var / LOCK_FILE_NAME)
+    assert not lock_held(var / LOCK_FILE_NAME)
+
+
+def test_two_make_ups_on_two_var_dirs_run_side_by_side_each_with_its_own_chdb(tmp_path: Path) -> None:
+    """What a refused start suggests (another AIHUB_VAR_DIR) works: chDB (one process per directory) and the settle
+    spool default to the var dir's own."""
+    runs: list[dict[str, Any]] = []
+    try:
+        for name in ("a", "b"):
+            env = {k: v for k, v in up_env(tmp_path).items() if k not in ("CLICKHOUSE_URL", "AIHUB_SPOOL_DIR")}
+            env["AIHUB_VAR_DIR"] = str(tmp_path / name)
+            out = tmp_path / f"{name}.stdout.txt"
+            with open(out, "wb") as stdout, open(tmp_path / f"{name}.stderr.txt", "wb") as stderr:
+                proc = subprocess.Popen([sys.executable, "-m", "gateway", "up"], env=env, stdout=stdout,
+                                        stderr=stderr, stdin=subprocess.DEVNULL, start_new_session=True)
+            runs.append({"proc": proc, "url": f"http://127.0.0.1:{env['AIHUB_PORT']}", "env": env})
+            deadline = time.monotonic() + 60
+            while "Health:" not in out.read_text():
+                assert proc.poll() is None, (tmp_path / f"{name}.stderr.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline, "make up did not print its banner"
+                time.sleep(0.05)
+        for name, run in zip(("a", "b"), runs, strict=True):
+            wait_http(run["url"] + "/healthz", timeout=10)
+            runtime = json.loads((tmp_path / name / "runtime.json").read_text())
+            assert runtime["clickhouse_url"] == f"chdb://{tmp_path / name / 'chdb'}"
+            assert (tmp_path / name / "chdb").is_dir()
+    finally:
+        for run in runs:
+            stop_stack(run)
+    assert [run["proc"].returncode for run in runs] == [0, 0]
