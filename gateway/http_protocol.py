@@ -2,10 +2,12 @@
 
 uvicorn (with httptools) sets no limit on the size of a request's head: the parser keeps a header value of any
 size in memory until its end arrives, and a 100 MB header held the event loop for seconds, stalling every other
-request of the process. `GatewayHttpProtocol` counts the bytes received while a request's head is incomplete and
-answers 431 `request_header_fields_too_large` (then closes the connection) once they pass MAX_HEAD_BYTES: memory
-stays bounded by the limit plus one read. The answer to a request the parser refuses (uvicorn's plain-text 400
-"Invalid HTTP request received.") is given in the API's error shape too (400 `invalid_http_request`).
+request of the process. `GatewayHttpProtocol` answers 431 `request_header_fields_too_large` (then closes the
+connection, no app runs) when a request's head passes MAX_HEAD_BYTES, seen either way: the bytes received while
+the head is still incomplete pass the limit (memory stays bounded by the limit plus one read), or a head that
+arrived whole in one read measures more (request target and header fields, as the parser hands them over).
+The answer to a request the parser refuses (uvicorn's plain-text 400 "Invalid HTTP request received.") is given
+in the API's error shape too (400 `invalid_http_request`).
 
 Both answers are written on the connection directly (no ASGI app runs), with `connection: close`.
 """
@@ -25,6 +27,11 @@ def _error(message: str, code: str) -> bytes:
                                    "code": code}})
 
 
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing: httptools raises it again as an HttpParserError, which
+    uvicorn answers with `send_400_response` (here: the 431)."""
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """`uvicorn.Config(http=GatewayHttpProtocol)`: see the module doc."""
 
@@ -32,6 +39,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True          # the current request's head is not complete yet
         self._head_bytes = 0          # bytes received since it began (a read may carry body bytes too)
+        self._head_size = 0           # its request target and header fields, as parsed
+        self._too_large = False
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
@@ -41,20 +50,37 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         super().data_received(data)
         if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self._refused:
-            self._refuse(431, _error(f"The request's head (request line and header fields) is larger than "
-                                     f"{MAX_HEAD_BYTES} bytes.", "request_header_fields_too_large"))
+            self._refuse_head()
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._head_size = 0
         super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._head_size > MAX_HEAD_BYTES:
+            self._too_large = True
+            raise _HeadTooLarge
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse_head()
+            return
         self._refuse(400, _error(f"{msg} (the HTTP/1.1 request could not be parsed)", "invalid_http_request"))
+
+    def _refuse_head(self) -> None:
+        self._refuse(431, _error(f"The request's head (request line and header fields) is larger than "
+                                 f"{MAX_HEAD_BYTES} bytes.", "request_header_fields_too_large"))
 
     def _refuse(self, status: int, body: bytes) -> None:
         self._refused = True

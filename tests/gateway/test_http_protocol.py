@@ -45,12 +45,15 @@ def _length(data: bytes) -> int:
     return 0
 
 
+def _refused_head(status: int, headers: dict[str, str], body: bytes) -> bool:
+    return (status == 431 and headers["content-type"] == "application/json" and headers["connection"] == "close"
+            and json.loads(body)["error"]["code"] == "request_header_fields_too_large")
+
+
 def test_a_head_over_the_limit_is_431_and_the_gateway_keeps_serving(gateway: GatewayThread) -> None:
     started = time.monotonic()
-    status, headers, body = _exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
-                                      + b"a" * (4 * MAX_HEAD_BYTES) + b"\r\n\r\n")
-    assert status == 431 and headers["content-type"] == "application/json" and headers["connection"] == "close"
-    assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+    assert _refused_head(*_exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+                                    + b"a" * (4 * MAX_HEAD_BYTES) + b"\r\n\r\n"))
     assert time.monotonic() - started < 5
     status, _, body = _exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status == 200 and json.loads(body) == {"status": "ok"}
@@ -73,3 +76,79 @@ def test_a_request_the_parser_refuses_gets_a_json_400(gateway: GatewayThread) ->
     assert json.loads(body)["error"]["code"] == "invalid_http_request"
     status, _, body = _exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n")
     assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("pieces", [1, 40])
+def test_a_head_over_the_limit_is_431_whether_it_arrives_whole_or_in_pieces(gateway: GatewayThread,
+                                                                           pieces: int) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-F%d: %s\r\n" % (n, b"v" * 2000)
+                                                             for n in range(40)) + b"\r\n"
+    assert MAX_HEAD_BYTES < len(head) < 2 * MAX_HEAD_BYTES
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        size = -(-len(head) // pieces)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for start in range(0, len(head), size):
+                sock.sendall(head[start:start + size])
+                if pieces > 1:
+                    time.sleep(0.01)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    assert status_line.split()[1] == b"431" and b"request_header_fields_too_large" in rest
+
+
+class _Transport:
+    """What the protocol needs of a transport, recording what is written (the whole head in one read cannot be
+    arranged over a real socket: the kernel decides how reads are cut)."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _no_app(scope: object, receive: object, send: object) -> None:
+    raise AssertionError("the app must not run for a refused head")
+
+
+def test_a_head_over_the_limit_arriving_in_one_read_is_refused_before_the_app_runs() -> None:
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from gateway.http_protocol import GatewayHttpProtocol
+
+    async def run() -> _Transport:
+        config = uvicorn.Config(_no_app, http=GatewayHttpProtocol, lifespan="off", log_level="warning")
+        config.load()
+        protocol = GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n")
+        await asyncio.sleep(0.05)
+        return transport
+
+    transport = asyncio.run(run())
+    assert transport.written.startswith(b"HTTP/1.1 431 ") and b"request_header_fields_too_large" in transport.written
+    assert transport.closed
