@@ -254,10 +254,12 @@ class Proxy:
             parsed = None
         if isinstance(parsed, dict):
             key = self.upstreams.keys.get(upstream)
-            if key and key.encode() in data:
-                data = data.replace(key.encode(), b"[redacted]")
+            if key:
+                decoded = orjson.dumps(parsed)        # the key may be spelt with JSON escapes in `data`
+                if key.encode() in decoded:
+                    data = decoded.replace(key.encode(), b"[redacted]")
             return Reply(status, out_headers, data)
-        log.warning("upstream %s answered HTTP %d to %s with a body that is not JSON: %s", upstream, status,
+        log.warning("upstream %s answered HTTP %d to %s with a body that is not a JSON object: %s", upstream, status,
                     admission.rid, data[:500].decode("utf-8", "replace"))
         error = errors.InvalidRequest(f"The upstream refused the request with HTTP {status}; the details were "
                                       f"logged under request {admission.rid}.", code="upstream_refused")

@@ -54,7 +54,7 @@ def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 def var_dir(environ: Mapping[str, str]) -> Path:
     """AIHUB_VAR_DIR: local state of `make up` (private Redis, runtime file, and by default the settle spool and
     chDB); default `<repo>/.var`."""
-    return Path(environ.get("AIHUB_VAR_DIR") or ROOT / ".var")
+    return Path(environ.get("AIHUB_VAR_DIR") or ROOT / ".var").absolute()   # children may run from another directory
 
 
 def upstream_base(url: str) -> str:

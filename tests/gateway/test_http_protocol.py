@@ -152,3 +152,28 @@ def test_a_head_over_the_limit_arriving_in_one_read_is_refused_before_the_app_ru
     transport = asyncio.run(run())
     assert transport.written.startswith(b"HTTP/1.1 431 ") and b"request_header_fields_too_large" in transport.written
     assert transport.closed
+
+
+def test_trailer_fields_over_the_limit_are_431(gateway: GatewayThread, pro_key: str) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + pro_key.encode()
+                         + b"\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n0\r\nX-T: ")
+            for _ in range(40):                  # a trailer field that never ends, 160 KB so far
+                sock.sendall(b"t" * 4096)
+                time.sleep(0.005)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.split(b"\r\n", 1)[0].split()[1] == b"431" and b"request_header_fields_too_large" in data
+
+
+def test_a_chunked_body_of_many_small_chunks_is_not_refused(gateway: GatewayThread, pro_key: str) -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 60_000}]}).encode()
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4]), body[i:i + 4]) for i in range(0, len(body), 4))
+    assert len(chunked) - len(body) > 64 * 1024             # more framing than the head limit
+    status, _, answer = _exchange(gateway, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                  b"Authorization: Bearer " + pro_key.encode() + b"\r\nContent-Type: application/json"
+                                  b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n")
+    assert status == 200, answer

@@ -281,14 +281,17 @@ class _FrontServer:
     """A server in front of the model API answering every POST with a fixed status, content-type and body
     (`{key}` in the body is replaced by the Authorization value it received, as an echoing proxy would)."""
 
-    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+    def __init__(self, status: int, content_type: str, body: bytes, escape_key: bool = False) -> None:
         import http.server
         import threading
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["content-length"]))
-                page = body.replace(b"{key}", self.headers.get("authorization", "").encode())
+                echoed = self.headers.get("authorization", "")
+                if escape_key:                       # as JSON \u escapes: the same string to a JSON reader
+                    echoed = "".join(f"\\u{ord(c):04x}" for c in echoed)
+                page = body.replace(b"{key}", echoed.encode())
                 self.send_response(status)
                 self.send_header("content-type", content_type)
                 self.send_header("location", "https://elsewhere.example/")
@@ -308,9 +311,9 @@ class _FrontServer:
         self.server.server_close()
 
 
-def _through_front(make_gateway: Any, key: str, status: int, content_type: str,
-                   body: bytes) -> tuple[int, dict[str, str], bytes]:
-    front = _FrontServer(status, content_type, body)
+def _through_front(make_gateway: Any, key: str, status: int, content_type: str, body: bytes,
+                   escape_key: bool = False) -> tuple[int, dict[str, str], bytes]:
+    front = _FrontServer(status, content_type, body, escape_key)
     try:
         gateway = make_gateway(upstream_urls={"default": front.url})
         return raw(gateway, "POST", "/v1/chat/completions",
@@ -332,10 +335,13 @@ def test_an_upstream_4xx_that_is_not_json_reaches_the_client_as_a_fixed_error(ma
     assert b"edge-7" not in body and UPSTREAM_KEY.encode() not in body and b"html" not in body
 
 
-def test_an_upstream_json_4xx_is_relayed_without_the_operator_key(make_gateway: Any, pro_key: str) -> None:
+@pytest.mark.parametrize("escaped", [False, True])
+def test_an_upstream_json_4xx_is_relayed_without_the_operator_key(make_gateway: Any, pro_key: str,
+                                                                 escaped: bool) -> None:
     echo = b'{"error": {"message": "bad request; you sent {key}", "type": "invalid_request_error", "code": null}}'
-    status, _, body = _through_front(make_gateway, pro_key, 400, "application/json; charset=utf-8", echo)
-    assert status == 400
+    status, _, body = _through_front(make_gateway, pro_key, 400, "application/json; charset=utf-8", echo,
+                                     escape_key=escaped)
+    assert status == 400 and UPSTREAM_KEY.encode() not in body
     assert json.loads(body)["error"]["message"] == "bad request; you sent Bearer [redacted]"
 
 
