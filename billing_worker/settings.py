@@ -73,7 +73,7 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
 def default_clickhouse_url(env: Mapping[str, str]) -> str:
     """CLICKHOUSE_URL's default: chDB in `<AIHUB_VAR_DIR>/chdb` (`<repo>/.var/chdb` without it). chDB allows one
     process per data directory, so each var dir (each `make up` or `make stack`) has its own."""
-    return f"chdb://{var_dir(env).absolute() / 'chdb'}"
+    return f"chdb://{var_dir(env) / 'chdb'}"          # var_dir is absolute
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._received = 0            # bytes received since the current request began
         self._body = 0                # of which body bytes (as the parser handed them over)
         self._chunks = 0              # chunks of a chunked body so far (each allows CHUNK_FRAMING more bytes)
-        self._head_size = 0           # its request target and header fields, as parsed
         self._complete = False        # the current request has been read to its end
         self._too_large = False
         self._refused = False
@@ -57,20 +56,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._refuse_head()      # an unfinished head, or framing and trailer fields, over the limit
 
     def on_message_begin(self) -> None:
-        self._received = self._body = self._chunks = self._head_size = 0
+        self._received = self._body = self._chunks = 0
         self._complete = False
         super().on_message_begin()
 
-    def on_url(self, url: bytes) -> None:
-        self._head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        if self._head_size > MAX_HEAD_BYTES:
+        # the head as uvicorn collected it (request target; names, values and ": ", CRLF of each field)
+        if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
             self._too_large = True
             raise _HeadTooLarge
         super().on_headers_complete()

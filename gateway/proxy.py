@@ -267,8 +267,8 @@ class Proxy:
 
     async def _hidden_failure(self, response: UpstreamResponse, upstream: str, admission: Admission,
                               finish: Callable[[str, TokenCounts | None], None]) -> None:
-        """An upstream 401/403/429/5xx: its text may name the operator's key or organization, so the client gets
-        a fixed message with the request id and the text goes to the log."""
+        """An upstream 3xx/401/403/407/429/5xx: its text may name the operator's key or organization (and a redirect
+        is not followed), so the client gets a fixed message with the request id and the text goes to the log."""
         try:
             data = await response.read()
         except OSError:

@@ -33,12 +33,21 @@ def runtime_path(directory: Path) -> Path:
     return directory / FILE_NAME
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Written to a temporary file and renamed: a reader sees the old file, no file, or the whole new one.
-    (gateway.up_lock writes up.children.json the same way, with mode 0600.)"""
+def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Written to a temporary file and renamed: a reader sees the old file, no file, or the whole new one. `mode`:
+    the file's permissions (default: as the umask makes them). OSError when it cannot be written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
+    if mode is None:
+        temporary.write_bytes(data)
+    else:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(fd, mode)          # a temporary file left by an earlier run keeps its mode otherwise
+            with open(fd, "wb", closefd=False) as out:
+                out.write(data)
+        finally:
+            os.close(fd)
     os.replace(temporary, path)
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.runtime import write_atomically
 
 LOCK_FILE_NAME = "up.lock"
 CHILDREN_FILE_NAME = "up.children.json"
@@ -141,15 +142,7 @@ def write_children(path: Path, record: UpRecord) -> None:
     """Written atomically, like runtime.json (a temporary file renamed over it), with mode 0600. OSError when it
     cannot be written."""
     data = {"parent": _process_json(record.parent), "children": [_process_json(c) for c in record.children]}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)             # a temporary file left by an earlier run keeps its mode otherwise
-        with open(fd, "wb", closefd=False) as out:
-            out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+    write_atomically(path, orjson.dumps(data, option=orjson.OPT_INDENT_2), mode=0o600)
 
 
 def read_children(path: Path) -> UpRecord | None:
@@ -232,9 +225,8 @@ def _flock(fd: int, wait_s: float = 0.0) -> bool:
             time.sleep(0.05)
 
 
-def _already_running(directory: Path) -> StackBusy | None:
-    """The refusal when the start recorded in `directory` still runs; None when it does not."""
-    record = read_children(children_path(directory))
+def _already_running(directory: Path, record: UpRecord | None) -> StackBusy | None:
+    """The refusal when the start recorded in `directory` (`record`, as read) still runs; None when it does not."""
     if record is None or not is_running(record.parent):
         return None
     pid = record.parent.pid
@@ -247,16 +239,16 @@ def _claim(fd: int, directory: Path) -> None:
     """Locks `fd` (the var dir's up.lock), first stopping the children a killed start left running.
     StackBusy when the recorded start still runs, or when the lock stays held by a process no record names."""
     locked = _flock(fd)
-    busy = _already_running(directory)
+    record = read_children(children_path(directory))
+    busy = _already_running(directory, record)
     if busy is not None:
         raise busy
-    record = read_children(children_path(directory))
     stopped = [child for child in record.children if terminate(child, LEFTOVER_GRACE_S)] if record else []
     if record is not None and stopped:
         log.warning("stopped the leftovers of a killed `%s` (pid %d) on %s: %s", _owner(record), record.parent.pid,
                     directory, ", ".join(f"{child.name} pid {child.pid}" for child in stopped))
     if not locked and not _flock(fd, LOCK_WAIT_S if stopped else 0.0):
-        busy = _already_running(directory)        # another start cleaned up and took it meanwhile
+        busy = _already_running(directory, read_children(children_path(directory)))   # another start took it
         if busy is not None:
             raise busy
         lock_path = directory / LOCK_FILE_NAME

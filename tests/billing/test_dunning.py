@@ -378,6 +378,24 @@ def emails(db: sessionmaker[Session], account: str) -> list[tuple[Notification, 
             for n in told]
 
 
+def _card_dunning_emails(service: AccountService, invoicer: Invoicer, payments: PaymentService,
+                         stripe_client: stripe.StripeClient, db: sessionmaker[Session], catalog: Any, card_number: str,
+                         plan: str | None = None) -> tuple[str, list[tuple[Notification, str, str]]]:
+    """An open invoice (the clock on {YEAR}-12-02T09:00) of an account paying by `card_number`, dunned with one
+    retry a day later until exhausted: the invoice number and the account's emails (`emails`)."""
+    clock = service.clock
+    assert isinstance(clock, PinnedClock)
+    account, number = open_invoice(service, invoicer)
+    if plan is not None:
+        service.set_plan(account, plan)
+    payments.add_payment_method(account, card(stripe_client, card_number))
+    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
+    dunner.collect()
+    clock.now += DAY
+    assert dunner.run()["exhausted"] == 1
+    return number, emails(db, account)
+
+
 def test_english_runs_are_found() -> None:
     assert english_runs("扣款失败：Your card was declined.。") == ["Your card was"]
     assert english_runs("请在此确认付款：https://billing.example.com/pay/AH-2026-000001?a=b c") == []
@@ -391,16 +409,8 @@ def test_english_runs_are_found() -> None:
 def test_payment_failed_emails_are_in_the_accounts_language(
         plan: str, consequence_en: str, consequence_zh: str, payments: PaymentService, service: AccountService,
         invoicer: Invoicer, stripe_client: stripe.StripeClient, db: sessionmaker[Session], catalog: Any) -> None:
-    clock = service.clock
-    assert isinstance(clock, PinnedClock)
-    account, number = open_invoice(service, invoicer)                   # the clock on {YEAR}-12-02T09:00
-    service.set_plan(account, plan)
-    payments.add_payment_method(account, card(stripe_client, CHARGE_FAILS))
-    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
-    dunner.collect()
-    clock.now += DAY
-    assert dunner.run()["exhausted"] == 1
-    [(first, first_en, first_zh), (last, last_en, last_zh)] = emails(db, account)
+    number, [(first, first_en, first_zh), (last, last_en, last_zh)] = _card_dunning_emails(
+        service, invoicer, payments, stripe_client, db, catalog, CHARGE_FAILS, plan)
     assert first.kind == last.kind == "payment_failed"
     reason = first.payload["reason"]
     assert reason == "Your card was declined."
@@ -428,16 +438,9 @@ def test_payment_failed_emails_are_in_the_accounts_language(
 def test_payment_action_required_emails_are_in_the_accounts_language(
         url: str | None, localstripe: str, payments: PaymentService, service: AccountService, invoicer: Invoicer,
         stripe_client: stripe.StripeClient, db: sessionmaker[Session], catalog: Any) -> None:
-    clock = service.clock
-    assert isinstance(clock, PinnedClock)
     payments.action_url = url
-    account, number = open_invoice(service, invoicer)
-    payments.add_payment_method(account, card(stripe_client, NEEDS_3DS))
-    dunner = Dunner(db, payments, service, catalog, (1,), clock=clock)
-    dunner.collect()
-    clock.now += DAY
-    assert dunner.run()["exhausted"] == 1
-    [(first, first_en, first_zh), (last, last_en, last_zh)] = emails(db, account)
+    number, [(first, first_en, first_zh), (last, last_en, last_zh)] = _card_dunning_emails(
+        service, invoicer, payments, stripe_client, db, catalog, NEEDS_3DS)
     assert first.kind == last.kind == "payment_action_required"
     link = f"https://billing.example.com/pay/{number}"
     assert first.payload["action_url"] == (link if url else None)
