@@ -207,11 +207,13 @@ class Proxy:
             raise
         except TimeoutError:
             self.settle(admission, Usage(False, "upstream_error", 504, latency_ms=elapsed_ms(started)))
-            raise errors.UpstreamTimeout(f"The upstream did not answer in time (request {admission.rid}).") from None
+            raise errors.UpstreamTimeout(f"The upstream did not answer in time (request {admission.rid}).",
+                                         headers=admission.headers(released=True)) from None
         except OSError as exc:           # refused, reset, closed early, malformed answer, TLS
             self.settle(admission, Usage(False, "upstream_error", 502, latency_ms=elapsed_ms(started)))
             log.warning("upstream %s unreachable for %s: %r", upstream, admission.rid, exc)
-            raise errors.UpstreamError(f"The upstream could not be reached (request {admission.rid}).") from None
+            raise errors.UpstreamError(f"The upstream could not be reached (request {admission.rid}).",
+                                       headers=admission.headers(released=True)) from None
         latency = elapsed_ms(started)
         self.latency.get(upstream).observe(latency / 1000)
         status = response.status
@@ -224,7 +226,7 @@ class Proxy:
         if status >= 500 or status in HIDDEN_STATUSES or 300 <= status < 400:   # redirects are not followed
             await self._hidden_failure(response, upstream, admission, finish)
         out_headers = response_headers(response.headers)
-        out_headers += admission.header_pairs()
+        out_headers += admission.header_pairs(released=status >= 400)
         if streaming and status == 200 and b"text/event-stream" in (response.header(b"content-type") or b""):
             return Reply(status, out_headers, stream=relay_sse(response, strip_usage, finish))
         try:
@@ -236,7 +238,8 @@ class Proxy:
         except OSError:
             response.close()
             finish("upstream_error", None)
-            raise errors.UpstreamError(f"The upstream broke off its answer (request {admission.rid}).") from None
+            raise errors.UpstreamError(f"The upstream broke off its answer (request {admission.rid}).",
+                                       headers=admission.headers(released=status >= 400)) from None
         finish("ok" if status < 400 else "upstream_error", body_usage(data) if settles and status < 400 else None)
         if status >= 400:
             return self._client_error(status, out_headers, data, upstream, admission)
@@ -263,7 +266,7 @@ class Proxy:
                     admission.rid, data[:500].decode("utf-8", "replace"))
         error = errors.InvalidRequest(f"The upstream refused the request with HTTP {status}; the details were "
                                       f"logged under request {admission.rid}.", code="upstream_refused")
-        return Reply(status, [JSON_TYPE, *admission.header_pairs()], error.body())
+        return Reply(status, [JSON_TYPE, *admission.header_pairs(released=True)], error.body())
 
     async def _hidden_failure(self, response: UpstreamResponse, upstream: str, admission: Admission,
                               finish: Callable[[str, TokenCounts | None], None]) -> None:
@@ -281,11 +284,13 @@ class Proxy:
                     data[:500].decode("utf-8", "replace"))
         if status == 429:
             retry = (response.header(b"retry-after") or b"1").decode("latin-1")
+            quota = {name: value for name, value in admission.headers(released=True).items()
+                     if name.startswith("x-quota-")}       # x-ratelimit-* are the gateway's bucket, not this 429
             raise errors.RateLimited(f"The model provider is rate limiting this gateway; retry shortly (request "
                                      f"{admission.rid}).", code="upstream_rate_limited",
-                                     headers={"retry-after": retry if retry.isdigit() else "1"})
+                                     headers={"retry-after": retry if retry.isdigit() else "1", **quota})
         raise errors.UpstreamError(f"The upstream failed with HTTP {status}; the details were logged under request "
-                                   f"{admission.rid}.")
+                                   f"{admission.rid}.", headers=admission.headers(released=True))
 
     @staticmethod
     def usage_of(admission: Admission, status: int, outcome: str, tokens: TokenCounts | None, model: Model | None,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from gateway.children import ChildNotReady, ReadyChild
+from gateway.errors import ConfigError
 from gateway.server import CANCELLED_WAIT_S, serve
 from gateway.settings import ROOT
 
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(reuse_port=True, ready_fd=args.ready_fd)
     except _StoppedEarly:
         return 0
+    except (ConfigError, ValueError) as exc:    # the supervisor checked these; the files may have changed since
+        sys.stderr.write(f"aihub: worker: {exc}\n")
+        return 2
     return 0
 
 

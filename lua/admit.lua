@@ -21,7 +21,8 @@
 -- ARGV[12] largest output-token limit the request asks for (max_tokens and kin; 0 = none given)
 --
 -- Returns {code, ...}:
---   {0, plan, limit, remaining, burst, rate_remaining, rate_reset_ms, rpm}   admitted (limit -1 = unlimited)
+--   {0, plan, limit, remaining, burst, rate_remaining, rate_reset_ms, rpm, used}   admitted (limit -1 = unlimited;
+--      used: calls used and reserved before this request, 0 when not counted)
 --   {1} bad or revoked key    {2, status} account missing or not active    {3, plan} model not in plan
 --   {4, scope, retry_ms, burst, rpm, reset_ms} rate limited    {5, plan, limit, used, calls} quota exhausted
 --   {6} duplicate request id  {7, plan} plan unknown to this gateway's catalog
@@ -126,4 +127,5 @@ if limit >= 0 then
   remaining = math.max(0, limit - used - calls)
 end
 local rate_left = math.min(account_tokens, key_tokens)
-return {0, acct[1], limit, remaining, burst, math.floor(rate_left), math.ceil((burst - rate_left) / per_ms), rpm}
+return {0, acct[1], limit, remaining, burst, math.floor(rate_left), math.ceil((burst - rate_left) / per_ms), rpm,
+        used}

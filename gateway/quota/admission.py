@@ -21,7 +21,8 @@ class Admission:
     plan: str = ""
     calls: int = 1               # calls reserved (n x prompts); 0 when not billable
     limit: int = -1              # monthly calls, -1 = unlimited (or unknown when degraded)
-    remaining: int = -1
+    remaining: int = -1          # calls left once this request's calls are counted
+    used: int = 0                # calls used and reserved before this request (admit.lua's count)
     rpm: int = 0                 # token bucket: refilled at rpm per minute up to burst requests
     burst: int = 0
     rate_remaining: int = 0
@@ -29,9 +30,15 @@ class Admission:
     degraded: bool = False       # admitted while Redis was unreachable (fail-open policy)
     settled: bool = field(default=False, repr=False)
 
-    def headers(self) -> dict[str, str]:
+    def remaining_after(self, released: bool) -> int:
+        """Calls left once this request is settled: `remaining` when its calls count, what was left before it
+        when they are released (an upstream error: nothing billed)."""
+        return max(0, self.limit - self.used) if released else self.remaining
+
+    def headers(self, released: bool = False) -> dict[str, str]:
         """Rate and quota headers (README "Rate and quota headers"): the rate limit is a token bucket, so
-        `limit` is its capacity (burst), `remaining` what may be sent now, `reset` the time until it is full."""
+        `limit` is its capacity (burst), `remaining` what may be sent now, `reset` the time until it is full.
+        `released`: the request's calls are released, not counted (see `remaining_after`)."""
         if self.degraded:
             return {}
         headers = {
@@ -41,12 +48,12 @@ class Admission:
         }
         if self.billable:
             headers["x-quota-limit"] = "unlimited" if self.limit < 0 else str(self.limit)
-            headers["x-quota-remaining"] = "unlimited" if self.limit < 0 else str(self.remaining)
+            headers["x-quota-remaining"] = "unlimited" if self.limit < 0 else str(self.remaining_after(released))
             headers["x-quota-reset"] = self.period.reset_iso
         return headers
 
-    def header_pairs(self) -> list[tuple[bytes, bytes]]:
-        """`headers()` as ASGI header pairs (the proxy's answers), built without the dict."""
+    def header_pairs(self, released: bool = False) -> list[tuple[bytes, bytes]]:
+        """`headers(released)` as ASGI header pairs (the proxy's answers), built without the dict."""
         if self.degraded:
             return []
         pairs = [(b"x-ratelimit-limit-requests", b"%d" % self.burst),
@@ -56,7 +63,8 @@ class Admission:
             if self.limit < 0:
                 pairs += ((b"x-quota-limit", b"unlimited"), (b"x-quota-remaining", b"unlimited"))
             else:
-                pairs += ((b"x-quota-limit", b"%d" % self.limit), (b"x-quota-remaining", b"%d" % self.remaining))
+                pairs += ((b"x-quota-limit", b"%d" % self.limit),
+                          (b"x-quota-remaining", b"%d" % self.remaining_after(released)))
             pairs.append((b"x-quota-reset", self.period.reset_iso.encode()))
         return pairs
 

@@ -93,8 +93,8 @@ class QuotaEngine:
         if code == 0:
             admission.plan = text(reply[1])
             admission.limit, admission.remaining = int(reply[2]), int(reply[3])
-            admission.burst, admission.rate_remaining, admission.rate_reset_ms, admission.rpm = (
-                int(reply[4]), int(reply[5]), int(reply[6]), int(reply[7]))
+            admission.burst, admission.rate_remaining, admission.rate_reset_ms, admission.rpm, admission.used = (
+                int(reply[4]), int(reply[5]), int(reply[6]), int(reply[7]), int(reply[8]))
             self._remember_verified(admission.key.sha256, now)
             return admission
         if code == 1:

@@ -217,14 +217,19 @@ def test_body_over_the_limit_is_413(make_gateway: Any, pro_key: str, upstream: A
 
 def test_upstream_failures_are_502_and_504(make_gateway: Any, pro_key: str) -> None:
     gateway = make_gateway(read_timeout_s=0.5)
+    ok = sdk(gateway, pro_key).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert ok.headers["x-quota-remaining"] == "4999"
     with pytest.raises(openai.InternalServerError) as failed:
         sdk(gateway, pro_key, default_headers={"X-Fake-Status": "500"}).chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES)
     assert failed.value.status_code == 502 and failed.value.code == "upstream_error"
+    # nothing was billed: the headers show the quota as it was before the request
+    assert failed.value.response.headers["x-quota-remaining"] == "4999"
     with pytest.raises(openai.InternalServerError) as hung:
         sdk(gateway, pro_key, default_headers={"X-Fake-Hang": "1"}).chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES)
     assert hung.value.status_code == 504 and hung.value.code == "upstream_timeout"
+    assert hung.value.response.headers["x-quota-remaining"] == "4999"
 
 
 def test_unreachable_upstream_is_502(make_gateway: Any, pro_key: str) -> None:
@@ -233,6 +238,8 @@ def test_unreachable_upstream_is_502(make_gateway: Any, pro_key: str) -> None:
     with pytest.raises(openai.InternalServerError) as caught:
         sdk(gateway, pro_key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert caught.value.status_code == 502
+    assert caught.value.response.headers["x-quota-limit"] == "5000"
+    assert caught.value.response.headers["x-quota-remaining"] == "5000"
 
 
 def test_client_credentials_and_hop_by_hop_headers_stay_at_the_gateway(
@@ -331,7 +338,7 @@ def test_an_upstream_4xx_that_is_not_json_reaches_the_client_as_a_fixed_error(ma
     assert status == 413 and headers["content-type"] == "application/json"
     error = json.loads(body)["error"]
     assert error["code"] == "upstream_refused" and error["type"] == "invalid_request_error"
-    assert headers["x-request-id"] in error["message"] and "x-quota-remaining" in headers
+    assert headers["x-request-id"] in error["message"] and headers["x-quota-remaining"] == "5000"   # not billed
     assert b"edge-7" not in body and UPSTREAM_KEY.encode() not in body and b"html" not in body
 
 
@@ -349,7 +356,7 @@ def test_an_upstream_json_4xx_is_relayed_without_the_operator_key(make_gateway: 
 def test_an_upstream_redirect_or_proxy_refusal_is_not_relayed(make_gateway: Any, pro_key: str, status: int) -> None:
     answer_status, headers, body = _through_front(make_gateway, pro_key, status, "text/html",
                                                   b"squid/5.7 at proxy.corp.internal:3128")
-    assert answer_status == 502 and "location" not in headers
+    assert answer_status == 502 and "location" not in headers and headers["x-quota-remaining"] == "5000"
     assert json.loads(body)["error"]["code"] == "upstream_error" and b"squid" not in body
 
 

@@ -198,6 +198,15 @@ def test_a_worker_that_cannot_bind_fails_the_start(serve_workers: Any) -> None:
         Path(f"/proc/{served.proc.pid}/task/{served.proc.pid}/children").read_text()
 
 
+def test_a_bad_upstream_url_is_one_line_before_any_worker_starts(serve_workers: Any) -> None:
+    served = serve_workers(2, expect_ready=False, AIHUB_UPSTREAM_DEFAULT_URL="ftp://nowhere")
+    assert exits_within(served.proc, 30) < 20
+    assert served.proc.returncode == 2
+    out = served.log.read_text()
+    assert "aihub: AIHUB_UPSTREAM_DEFAULT_URL: not an http(s) URL" in out
+    assert "Traceback" not in out and "worker 1" not in out
+
+
 def test_each_worker_has_its_own_redis_connections(serve_workers: Any, store: AccountStore, redis_url: str) -> None:
     served = serve_workers(2)
     account_id = store.create_account("Conns", "enterprise")

@@ -38,3 +38,16 @@ def test_quota_headers_of_a_limited_plan() -> None:
     assert pairs == {b"x-ratelimit-limit-requests": b"500", b"x-ratelimit-remaining-requests": b"498",
                      b"x-ratelimit-reset-requests": b"1.500s", b"x-quota-limit": b"5000",
                      b"x-quota-remaining": b"4321", b"x-quota-reset": b"2026-12-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize(("used", "calls", "remaining", "released"), [
+    (100, 1, 4899, 4900),      # an upstream error: the call is given back
+    (4999, 3, 0, 1),           # pay-as-you-go past the limit: 0 left counted, 1 left released
+    (5200, 1, 0, 0),           # already past the limit
+])
+def test_an_upstream_error_shows_the_quota_as_before_the_request(used: int, calls: int, remaining: int,
+                                                                 released: int) -> None:
+    admission = _admission(limit=5000, used=used, calls=calls, remaining=remaining)
+    assert dict(admission.header_pairs())[b"x-quota-remaining"] == str(remaining).encode()
+    assert dict(admission.header_pairs(released=True))[b"x-quota-remaining"] == str(released).encode()
+    assert admission.header_pairs(released=True) == raw(admission.headers(released=True))
