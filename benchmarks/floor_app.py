@@ -6,6 +6,10 @@ gateway's pyreqwest client, same settings), then answers with the upstream's sta
 no key, no allow-list, no JSON parsing, no quota, no metrics, no request id. It runs under uvicorn with
 `gateway.server.uvicorn_config` (uvloop, httptools), as `aihub serve` does.
 
+With AIHUB_FLOOR_UPSTREAM=0 it calls no upstream and answers every request with the static upstream's fixed chat
+completion: the server alone (uvicorn, ASGI, reading the body, writing the answer), which tells the server's share
+of the floor from the client's.
+
 Whatever this costs per request, the gateway costs more: `test_bench_hotpath.py` measures it beside nginx
 `proxy_pass` so that the "checks on >= 15% of nginx" target can be read against what this server and client
 allow on the machine measured.
@@ -18,6 +22,7 @@ from typing import Any
 
 import uvicorn
 
+from benchmarks.static_upstream import COMPLETION
 from gateway.replies import Reply, send_reply
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
@@ -25,7 +30,7 @@ from gateway.upstream import Upstreams
 CONTENT_TYPE = b"content-type"
 
 
-def create_app(settings: Settings) -> Any:
+def create_app(settings: Settings, call_upstream: bool = True) -> Any:
     upstreams = Upstreams(settings, ("default",))
     auth = upstreams.auth["default"]
 
@@ -42,6 +47,9 @@ def create_app(settings: Settings) -> Any:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
+        if not call_upstream:
+            await send_reply(Reply(200, [(CONTENT_TYPE, b"application/json")], COMPLETION), receive, send)
+            return
         headers = [(b"content-type", b"application/json"), *([auth] if auth else [])]
         response = await upstreams.request("default", scope["method"].encode(), scope["raw_path"], headers, body)
         data = await response.read()
@@ -55,7 +63,8 @@ def main() -> None:
     from gateway.server import uvicorn_config
 
     settings = Settings.from_env(dict(os.environ))
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()   # type: ignore[arg-type]
+    app = create_app(settings, call_upstream=os.environ.get("AIHUB_FLOOR_UPSTREAM", "1") != "0")
+    uvicorn.Server(uvicorn_config(app, settings)).run()   # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

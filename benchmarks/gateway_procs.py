@@ -44,7 +44,8 @@ def gateway_process(redis_url: str, upstream_url: str, catalog_path: Path, workd
                     profile: Sequence[str] = (), server: str = "uvicorn") -> Iterator[Gateway]:
     """`python -m gateway serve [--workers N]` run from `root` (the code measured); `profile` prefixes the
     command (e.g. py-spy record ... --); `server="granian"` serves the same app with granian instead, `"floor"` serves
-    benchmarks/floor_app.py (the same server and upstream client with no gateway logic)."""
+    benchmarks/floor_app.py (the same server and upstream client with no gateway logic), `"server-alone"` the same
+    without the upstream call (uvicorn only)."""
     port = free_port()
     environ = dict(os.environ) | {
         "REDIS_URL": redis_url, "AIHUB_HOST": "127.0.0.1", "AIHUB_PORT": str(port),
@@ -58,8 +59,9 @@ def gateway_process(redis_url: str, upstream_url: str, catalog_path: Path, workd
     environ.pop("AIHUB_ENV_FILE", None)
     environ.pop("DATABASE_URL", None)
     command = [*profile, PYTHON, "-m", "gateway", "serve", *(["--workers", str(workers)] if workers > 1 else [])]
-    if server == "floor":        # no gateway: the same server and client only (benchmarks/floor_app.py)
+    if server in ("floor", "server-alone"):   # no gateway: the same server and client only (benchmarks/floor_app.py)
         command = [PYTHON, "-m", "benchmarks.floor_app"]
+        environ["AIHUB_FLOOR_UPSTREAM"] = "0" if server == "server-alone" else "1"   # server-alone: no upstream call
     if server == "granian":      # the same app under granian's Rust HTTP layer (ASGI), one process
         command = [PYTHON, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop", "--host",
                    "127.0.0.1", "--port", str(port), "--runtime-threads", "1", "--backlog", "4096",

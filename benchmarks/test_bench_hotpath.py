@@ -5,7 +5,8 @@
   AIHUB_BENCH_BASELINE=<a copy of the code before the change> also to that code's gateway, in the same rounds.
   Targets: checks on >= 15% of nginx's req/s; on/off >= 0.92; p50 added by the checks at one connection
   <= 0.25 ms. Also the floor (benchmarks/floor_app.py: the same uvicorn and pyreqwest client with no gateway
-  logic): a ceiling for a gateway on this server and client on the machine measured, printed as a share of nginx.
+  logic): a ceiling for a gateway on this server and client on the machine measured, printed as a share of nginx;
+  and the server alone (the same app answering without calling the upstream): the server's share of the floor.
 * `test_streaming`: one connection, one streamed chat completion after the other: time to first byte and to the
   last byte, direct and through the gateway, against nginx serving a fixed SSE body (in one write) and the fake
   upstream sending one event every CHUNK_DELAY_MS; the gateway's CPU per relayed chunk.
@@ -51,6 +52,7 @@ from benchmarks.support import (
 )
 
 FLOOR = "floor: uvicorn + pyreqwest, no logic"     # benchmarks/floor_app.py
+SERVER_ALONE = "server alone: uvicorn, no upstream call"   # the same, AIHUB_FLOOR_UPSTREAM=0
 MIN_SHARE_OF_NGINX = 0.15
 MIN_ON_OFF = 0.92
 MAX_ADDED_P50_C1_MS = 0.25
@@ -92,6 +94,7 @@ def test_hot_path(tmp_path: Path) -> None:
                 gateways[f"{label}, checks {checks}"] = stack.enter_context(gateway_process(
                     rds.url, upstream.url, catalog, tmp_path, quota_checks=checks == "on", root=root))
         floor = stack.enter_context(gateway_process(rds.url, upstream.url, catalog, tmp_path, server="floor"))
+        alone = stack.enter_context(gateway_process(rds.url, upstream.url, catalog, tmp_path, server="server-alone"))
         if granian_available():     # the server not kept, for comparison (pip install granian to see it)
             for checks in ("on", "off"):
                 gateways[f"granian, checks {checks}"] = stack.enter_context(gateway_process(
@@ -100,6 +103,7 @@ def test_hot_path(tmp_path: Path) -> None:
             "static upstream": (upstream.url, direct, [upstream.pid], 50),
             "nginx proxy_pass": (ngx.url, direct, [ngx.pid], 50),
         }
+        targets[SERVER_ALONE] = (alone.url, direct, list(alone.pids), 50)
         targets[FLOOR] = (floor.url, direct, list(floor.pids), 50)
         for name, gw in gateways.items():
             targets[name] = (gw.url, through, list(gw.pids), 50)
@@ -140,8 +144,11 @@ def test_hot_path(tmp_path: Path) -> None:
         rows.append((name, r.rps, r.p50_ms, r.p99_ms, r.requests, f"{us:.0f}" if us else "", *_cpu_row(load)))
     print(table(["target", "req/s", "p50 ms", "p99 ms", "requests", "proxy CPU us/req", "CPU%: proxy", "upstream",
                  "redis", "wrk", "other jobs"], rows))
+    alone_share, alone_rounds = med([r[SERVER_ALONE].rps / r["nginx proxy_pass"].rps for r in rounds])
     floor_share, floor_rounds = med([r[FLOOR].rps / r["nginx proxy_pass"].rps for r in rounds])
-    checked = [("floor / nginx proxy_pass, req/s (a ceiling for this server and client here)", floor_share,
+    checked = [("server alone / nginx proxy_pass, req/s (uvicorn without the client)", alone_share, alone_rounds,
+                "", True),
+               ("floor / nginx proxy_pass, req/s (a ceiling for this server and client here)", floor_share,
                 floor_rounds, "", True)]
     for label in ["gateway", *(["before"] if BASELINE else []), *(["granian"] if granian_available() else [])]:
         on, off = f"{label}, checks on", f"{label}, checks off"
