@@ -464,12 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             settings = Settings.from_env()
-            resync_at_start(environment())
+            from gateway.catalog import load_catalog
+            from gateway.upstream import Upstreams
+            Upstreams(settings, load_catalog(settings.catalog_path).upstreams)   # before anything changes; one line
+            resync_at_start(environment())                                     # here, not one per worker
             if args.workers > 1:
-                from gateway.catalog import load_catalog
-                from gateway.upstream import Upstreams
                 from gateway.workers import supervise
-                Upstreams(settings, load_catalog(settings.catalog_path).upstreams)   # one line here, not N tracebacks
                 return supervise(args.workers, settings.shutdown_grace_s)
             from gateway.server import serve
             serve(settings)

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(reuse_port=True, ready_fd=args.ready_fd)
     except _StoppedEarly:
         return 0
-    except (ConfigError, ValueError) as exc:    # the supervisor checked these; the files may have changed since
+    except ConfigError as exc:     # the supervisor checked the configuration; the files may have changed since
         sys.stderr.write(f"aihub: worker: {exc}\n")
         return 2
     return 0

@@ -31,8 +31,9 @@ class Admission:
     settled: bool = field(default=False, repr=False)
 
     def remaining_after(self, released: bool) -> int:
-        """Calls left once this request is settled: `remaining` when its calls count, what was left before it
-        when they are released (an upstream error: nothing billed)."""
+        """For a limited plan (`limit` >= 0): calls left once this request is settled: `remaining` when its calls
+        count, what was left when it was admitted when they are released (an upstream error: nothing billed). A
+        snapshot, as `remaining` is: calls of other requests in flight then are counted as used."""
         return max(0, self.limit - self.used) if released else self.remaining
 
     def headers(self, released: bool = False) -> dict[str, str]:

@@ -346,10 +346,29 @@ def test_an_upstream_4xx_that_is_not_json_reaches_the_client_as_a_fixed_error(ma
 def test_an_upstream_json_4xx_is_relayed_without_the_operator_key(make_gateway: Any, pro_key: str,
                                                                  escaped: bool) -> None:
     echo = b'{"error": {"message": "bad request; you sent {key}", "type": "invalid_request_error", "code": null}}'
-    status, _, body = _through_front(make_gateway, pro_key, 400, "application/json; charset=utf-8", echo,
-                                     escape_key=escaped)
+    status, headers, body = _through_front(make_gateway, pro_key, 400, "application/json; charset=utf-8", echo,
+                                           escape_key=escaped)
     assert status == 400 and UPSTREAM_KEY.encode() not in body
     assert json.loads(body)["error"]["message"] == "bad request; you sent Bearer [redacted]"
+    assert headers["x-quota-remaining"] == "5000" and headers["x-quota-limit"] == "5000"   # not billed
+
+
+def test_failures_give_back_every_call_of_a_request_with_several(make_gateway: Any, pro_key: str) -> None:
+    """n=3 is 3 calls: reserved by admit.lua, then counted on a 200 or given back on an upstream failure."""
+    gateway = make_gateway()
+    three = {"model": "gpt-4o-mini", "messages": MESSAGES, "n": 3}
+    ok = sdk(gateway, pro_key).chat.completions.with_raw_response.create(**three)
+    assert ok.headers["x-quota-remaining"] == "4997"
+    with pytest.raises(openai.InternalServerError) as failed:
+        sdk(gateway, pro_key, default_headers={"X-Fake-Status": "500"}).chat.completions.create(**three)
+    assert failed.value.response.headers["x-quota-remaining"] == "4997"
+    with pytest.raises(openai.RateLimitError) as limited:       # the provider's 429: not the gateway's bucket
+        sdk(gateway, pro_key, default_headers={"X-Fake-Status": "429"}).chat.completions.create(**three)
+    assert limited.value.code == "upstream_rate_limited"
+    assert limited.value.response.headers["x-quota-remaining"] == "4997"
+    assert not any(name.startswith("x-ratelimit-") for name in limited.value.response.headers)
+    again = sdk(gateway, pro_key).chat.completions.with_raw_response.create(**three)
+    assert again.headers["x-quota-remaining"] == "4994"
 
 
 @pytest.mark.parametrize("status", [302, 407])
