@@ -235,11 +235,13 @@ class Proxy:
             response.close()
             finish("client_cancel", None)
             raise
-        except OSError:
+        except OSError:        # the client gets a 502 and no answer: released, whatever the upstream's status
             response.close()
-            finish("upstream_error", None)
+            if settles:
+                self.engine.settle_soon(admission, self.usage_of(admission, 502, "upstream_error", None, model,
+                                                                 latency))
             raise errors.UpstreamError(f"The upstream broke off its answer (request {admission.rid}).",
-                                       headers=admission.headers(released=status >= 400)) from None
+                                       headers=admission.headers(released=True)) from None
         finish("ok" if status < 400 else "upstream_error", body_usage(data) if settles and status < 400 else None)
         if status >= 400:
             return self._client_error(status, out_headers, data, upstream, admission)
@@ -297,7 +299,8 @@ class Proxy:
                  latency_ms: int) -> Usage:
         """Billing policy: a call is billed when the upstream answered 2xx and began serving it, even if
         the client went away or the stream broke off later; tokens are those the upstream reported.
-        Upstream errors (4xx, 5xx, timeouts, refused connections) are released, not billed."""
+        Upstream errors (4xx, 5xx, timeouts, refused connections) are released, not billed, and so is a whole
+        body that broke off (`forward` passes the 502 the client got as `status`)."""
         billable = 200 <= status < 300
         counts = tokens or TokenCounts()
         cost = model.cost_nanos(counts.prompt, counts.completion, admission.calls) if (model and billable) else 0

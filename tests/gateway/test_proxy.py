@@ -286,9 +286,11 @@ def test_an_oversized_forwarded_value_is_not_sent_and_too_many_headers_are_refus
 
 class _FrontServer:
     """A server in front of the model API answering every POST with a fixed status, content-type and body
-    (`{key}` in the body is replaced by the Authorization value it received, as an echoing proxy would)."""
+    (`{key}` in the body is replaced by the Authorization value it received, as an echoing proxy would);
+    `claimed_length`: a Content-Length above the body's, the connection closed after the body (an answer cut off)."""
 
-    def __init__(self, status: int, content_type: str, body: bytes, escape_key: bool = False) -> None:
+    def __init__(self, status: int, content_type: str, body: bytes, escape_key: bool = False,
+                 claimed_length: int | None = None) -> None:
         import http.server
         import threading
 
@@ -302,9 +304,10 @@ class _FrontServer:
                 self.send_response(status)
                 self.send_header("content-type", content_type)
                 self.send_header("location", "https://elsewhere.example/")
-                self.send_header("content-length", str(len(page)))
+                self.send_header("content-length", str(claimed_length or len(page)))
                 self.end_headers()
                 self.wfile.write(page)
+                self.close_connection = claimed_length is not None
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -319,8 +322,8 @@ class _FrontServer:
 
 
 def _through_front(make_gateway: Any, key: str, status: int, content_type: str, body: bytes,
-                   escape_key: bool = False) -> tuple[int, dict[str, str], bytes]:
-    front = _FrontServer(status, content_type, body, escape_key)
+                   escape_key: bool = False, claimed_length: int | None = None) -> tuple[int, dict[str, str], bytes]:
+    front = _FrontServer(status, content_type, body, escape_key, claimed_length)
     try:
         gateway = make_gateway(upstream_urls={"default": front.url})
         return raw(gateway, "POST", "/v1/chat/completions",

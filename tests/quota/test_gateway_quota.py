@@ -25,7 +25,7 @@ from gateway.quota.reaper import reap_expired
 from gateway.quota.spool import Spool
 from gateway.settings import Settings
 from tests.conftest import UPSTREAM_KEY
-from tests.gateway.test_proxy import MESSAGES, metric, raw, sdk
+from tests.gateway.test_proxy import MESSAGES, _through_front, metric, raw, sdk
 from tests.quota.conftest import YEAR, Instant, PinnedClock
 from tests.support import GatewayProcess, GatewayThread, catalog_file, process_env, settings_for
 
@@ -224,6 +224,22 @@ def test_billing_policy_for_failures(gateway: GatewayThread, store: AccountStore
                     ("upstream_error", "200"): "1", ("client_cancel", "200"): "1"}
     counters = quota_of(store.client, account_id, PERIOD)
     assert counters["used"] == 2 and counters["reserved"] == 0
+
+
+def test_a_whole_answer_that_broke_off_is_a_502_and_not_billed(make_gateway: Any, store: AccountStore) -> None:
+    """The upstream answered 200 and closed the connection 20 bytes into 1000: the client gets a 502 and nothing
+    of the answer, so the call is given back (a stream that broke off is billed: the client got part of it)."""
+    account_id = store.create_account("Cut off", "pro")
+    key = store.issue_key(account_id).api_key
+    status, headers, body = _through_front(make_gateway, key, 200, "application/json", b'{"id": "chatcmpl-1", "ob',
+                                           claimed_length=1000)
+    assert status == 502 and json.loads(body)["error"]["code"] == "upstream_error"
+    assert headers["x-quota-remaining"] == "5000"
+    wait_for(lambda: len(usage_rows(store.client, account_id)) == 1)
+    row = usage_rows(store.client, account_id)[0]
+    assert (row[b"outcome"], row[b"status"], row[b"calls"], row[b"cost_nanos"]) == (b"upstream_error", b"502", b"0",
+                                                                                    b"0")
+    assert counted_quota(store.client, account_id).get("used", 0) == 0
 
 
 def test_a_call_at_23_59_59_counts_in_its_month_and_one_at_midnight_in_the_next(
