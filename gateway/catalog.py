@@ -171,6 +171,10 @@ def load_catalog(path: Path) -> Catalog:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"catalog file {path} does not exist (AIHUB_CATALOG)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"catalog file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"catalog file {path} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"catalog file {path} is not valid TOML: {exc}") from None
     if not raw.get("plans"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -40,7 +40,7 @@ from gateway.metrics import UPSTREAM_LATENCY, LabelCache
 from gateway.paths import plain_path
 from gateway.quota.admission import Admission, Usage
 from gateway.quota.engine import QuotaEngine
-from gateway.relay import body_usage, elapsed_ms, relay_sse
+from gateway.relay import Finish, body_usage, elapsed_ms, relay_sse
 from gateway.replies import Reply
 from gateway.settings import Settings
 from gateway.upstream import UpstreamResponse, Upstreams, form_body
@@ -219,9 +219,12 @@ class Proxy:
         status = response.status
         settles = self.settings.quota_checks and admission.billable   # else there is no usage to read
 
-        def finish(outcome: str, tokens: TokenCounts | None) -> None:
+        def finish(outcome: str, tokens: TokenCounts | None, served: bool) -> None:
+            """Settles the answer; `served=False`: nothing of it reached the client (released, not billed)."""
             if settles:
-                self.engine.settle_soon(admission, self.usage_of(admission, status, outcome, tokens, model, latency))
+                usage = (self.usage_of(admission, status, outcome, tokens, model, latency) if served
+                         else Usage(False, outcome, status, latency_ms=latency))
+                self.engine.settle_soon(admission, usage)
 
         if status >= 500 or status in HIDDEN_STATUSES or 300 <= status < 400:   # redirects are not followed
             await self._hidden_failure(response, upstream, admission, finish)
@@ -229,20 +232,28 @@ class Proxy:
         out_headers += admission.header_pairs(released=status >= 400)
         if streaming and status == 200 and b"text/event-stream" in (response.header(b"content-type") or b""):
             return Reply(status, out_headers, stream=relay_sse(response, strip_usage, finish))
+        # A whole answer reaches the client only once read: if reading it fails, the client gets none of it and
+        # the call is released (the row carries the status the client got), whatever the upstream's status was.
         try:
             data = await response.read()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:        # the server stopping (grace period over)
             response.close()
-            finish("client_cancel", None)
+            self.settle(admission, Usage(False, "client_cancel", 0, latency_ms=latency))
             raise
-        except OSError:        # the client gets a 502 and no answer: released, whatever the upstream's status
+        except TimeoutError:
             response.close()
-            if settles:
-                self.engine.settle_soon(admission, self.usage_of(admission, 502, "upstream_error", None, model,
-                                                                 latency))
+            self.settle(admission, Usage(False, "upstream_error", 504, latency_ms=latency))
+            log.warning("upstream %s stalled in its HTTP %d answer to %s", upstream, status, admission.rid)
+            raise errors.UpstreamTimeout(f"The upstream stopped sending its answer in time (request "
+                                         f"{admission.rid}).", headers=admission.headers(released=True)) from None
+        except OSError as exc:
+            response.close()
+            self.settle(admission, Usage(False, "upstream_error", 502, latency_ms=latency))
+            log.warning("upstream %s broke off its HTTP %d answer to %s: %r", upstream, status, admission.rid, exc)
             raise errors.UpstreamError(f"The upstream broke off its answer (request {admission.rid}).",
                                        headers=admission.headers(released=True)) from None
-        finish("ok" if status < 400 else "upstream_error", body_usage(data) if settles and status < 400 else None)
+        finish("ok" if status < 400 else "upstream_error", body_usage(data) if settles and status < 400 else None,
+               True)
         if status >= 400:
             return self._client_error(status, out_headers, data, upstream, admission)
         return Reply(status, out_headers, data)
@@ -271,7 +282,7 @@ class Proxy:
         return Reply(status, [JSON_TYPE, *admission.header_pairs(released=True)], error.body())
 
     async def _hidden_failure(self, response: UpstreamResponse, upstream: str, admission: Admission,
-                              finish: Callable[[str, TokenCounts | None], None]) -> None:
+                              finish: Finish) -> None:
         """An upstream 3xx/401/403/407/429/5xx: its text may name the operator's key or organization (and a redirect
         is not followed), so the client gets a fixed message with the request id and the text goes to the log."""
         try:
@@ -280,7 +291,7 @@ class Proxy:
             data = b""
         finally:
             response.close()
-        finish("upstream_error", None)
+        finish("upstream_error", None, False)
         status = response.status
         log.warning("upstream %s answered HTTP %d to %s: %s", upstream, status, admission.rid,
                     data[:500].decode("utf-8", "replace"))
@@ -299,8 +310,9 @@ class Proxy:
                  latency_ms: int) -> Usage:
         """Billing policy: a call is billed when the upstream answered 2xx and began serving it, even if
         the client went away or the stream broke off later; tokens are those the upstream reported.
-        Upstream errors (4xx, 5xx, timeouts, refused connections) are released, not billed, and so is a whole
-        body that broke off (`forward` passes the 502 the client got as `status`)."""
+        Upstream errors (4xx, 5xx, timeouts, refused connections) are released, not billed, and so is an answer
+        nothing of which reached the client: a whole body that broke off or stalled (502, 504), a stream that broke
+        off before its first event (`forward` settles those without this function)."""
         billable = 200 <= status < 300
         counts = tokens or TokenCounts()
         cost = model.cost_nanos(counts.prompt, counts.completion, admission.calls) if (model and billable) else 0

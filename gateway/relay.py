@@ -14,7 +14,7 @@ from gateway.usage import TokenCounts, parse_usage
 
 BROKEN_STREAM = (b'event: error\ndata: {"error": {"message": "The upstream broke off the stream; the answer is '
                  b'incomplete.", "type": "api_error", "param": null, "code": "upstream_error"}}\n\n')
-Finish = Callable[[str, TokenCounts | None], None]   # (outcome, tokens) -> settle
+Finish = Callable[[str, TokenCounts | None, bool], None]   # (outcome, tokens, served) -> settle
 
 
 def usage_field(payload: dict[str, Any]) -> Any:
@@ -48,6 +48,7 @@ async def relay_sse(response: UpstreamResponse, strip_usage_chunk: bool,
     splitter = SSESplitter()
     tokens: TokenCounts | None = None
     outcome = "client_cancel"
+    relayed = False
     try:
         async for chunk in response.chunks():
             out = []
@@ -60,16 +61,18 @@ async def relay_sse(response: UpstreamResponse, strip_usage_chunk: bool,
                             continue
                 out.append(event)
             if out:
+                relayed = True
                 yield b"".join(out)
         rest = splitter.rest()
         if rest:
+            relayed = True
             yield rest
         outcome = "ok" if response.complete else "upstream_error"
     except OSError:            # TimeoutError, the upstream gone (UpstreamBroken, resets)
         outcome = "upstream_error"
     finally:
         response.close()   # aborts the upstream request when the client went away
-        finish(outcome, tokens)
+        finish(outcome, tokens, relayed or outcome != "upstream_error")   # broken before any event: not served
     if outcome == "upstream_error":
         yield BROKEN_STREAM   # tell the client the answer is incomplete (the openai SDK raises APIError)
 

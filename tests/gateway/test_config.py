@@ -74,6 +74,15 @@ def test_malformed_catalog_names_the_field(tmp_path: Path, mutation: tuple[str, 
         load_catalog(path)
 
 
+def test_an_unreadable_catalog_is_a_config_error(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("[plans.caf\u00e9]\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_catalog(latin)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_catalog(tmp_path)                        # a directory
+
+
 def test_cli_manages_accounts_keys_and_quotas(redis_url: str, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)

@@ -287,12 +287,14 @@ def test_an_oversized_forwarded_value_is_not_sent_and_too_many_headers_are_refus
 class _FrontServer:
     """A server in front of the model API answering every POST with a fixed status, content-type and body
     (`{key}` in the body is replaced by the Authorization value it received, as an echoing proxy would);
-    `claimed_length`: a Content-Length above the body's, the connection closed after the body (an answer cut off)."""
+    `claimed_length`: a Content-Length above the body's, the connection closed after the body (an answer cut off),
+    `stall_s` seconds after it (an answer that stalls)."""
 
     def __init__(self, status: int, content_type: str, body: bytes, escape_key: bool = False,
-                 claimed_length: int | None = None) -> None:
+                 claimed_length: int | None = None, stall_s: float = 0.0) -> None:
         import http.server
         import threading
+        import time
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
@@ -307,6 +309,8 @@ class _FrontServer:
                 self.send_header("content-length", str(claimed_length or len(page)))
                 self.end_headers()
                 self.wfile.write(page)
+                self.wfile.flush()
+                time.sleep(stall_s)
                 self.close_connection = claimed_length is not None
 
             def log_message(self, *args: Any) -> None:
@@ -322,12 +326,13 @@ class _FrontServer:
 
 
 def _through_front(make_gateway: Any, key: str, status: int, content_type: str, body: bytes,
-                   escape_key: bool = False, claimed_length: int | None = None) -> tuple[int, dict[str, str], bytes]:
-    front = _FrontServer(status, content_type, body, escape_key, claimed_length)
+                   escape_key: bool = False, claimed_length: int | None = None, stall_s: float = 0.0,
+                   stream: bool = False, **settings: Any) -> tuple[int, dict[str, str], bytes]:
+    front = _FrontServer(status, content_type, body, escape_key, claimed_length, stall_s)
     try:
-        gateway = make_gateway(upstream_urls={"default": front.url})
+        gateway = make_gateway(upstream_urls={"default": front.url}, **settings)
         return raw(gateway, "POST", "/v1/chat/completions",
-                   json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode(),
+                   json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": stream}).encode(),
                    {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     finally:
         front.close()

@@ -226,20 +226,43 @@ def test_billing_policy_for_failures(gateway: GatewayThread, store: AccountStore
     assert counters["used"] == 2 and counters["reserved"] == 0
 
 
-def test_a_whole_answer_that_broke_off_is_a_502_and_not_billed(make_gateway: Any, store: AccountStore) -> None:
-    """The upstream answered 200 and closed the connection 20 bytes into 1000: the client gets a 502 and nothing
-    of the answer, so the call is given back (a stream that broke off is billed: the client got part of it)."""
+@pytest.mark.parametrize(("cut", "status", "code"), [("closed", 502, "upstream_error"),
+                                                     ("stalled", 504, "upstream_timeout")])
+def test_a_whole_answer_that_broke_off_or_stalled_is_not_billed(make_gateway: Any, store: AccountStore, cut: str,
+                                                                 status: int, code: str) -> None:
+    """The upstream answered 200 and sent 24 bytes of 1000, then closed the connection or fell silent past the read
+    timeout: the client gets a 502 or 504 and nothing of the answer, so the call is given back (see the stream
+    test below for an answer the client got part of)."""
     account_id = store.create_account("Cut off", "pro")
     key = store.issue_key(account_id).api_key
-    status, headers, body = _through_front(make_gateway, key, 200, "application/json", b'{"id": "chatcmpl-1", "ob',
-                                           claimed_length=1000)
-    assert status == 502 and json.loads(body)["error"]["code"] == "upstream_error"
+    answer, headers, body = _through_front(make_gateway, key, 200, "application/json", b'{"id": "chatcmpl-1", "ob',
+                                           claimed_length=1000, stall_s=1.5 if cut == "stalled" else 0.0,
+                                           read_timeout_s=0.5)
+    assert answer == status and json.loads(body)["error"]["code"] == code
     assert headers["x-quota-remaining"] == "5000"
     wait_for(lambda: len(usage_rows(store.client, account_id)) == 1)
     row = usage_rows(store.client, account_id)[0]
-    assert (row[b"outcome"], row[b"status"], row[b"calls"], row[b"cost_nanos"]) == (b"upstream_error", b"502", b"0",
-                                                                                    b"0")
+    assert (row[b"outcome"], row[b"status"], row[b"calls"], row[b"cost_nanos"]) == (
+        b"upstream_error", str(status).encode(), b"0", b"0")
     assert counted_quota(store.client, account_id).get("used", 0) == 0
+
+
+def test_a_stream_that_broke_off_is_billed_only_once_an_event_reached_the_client(make_gateway: Any,
+                                                                                  store: AccountStore) -> None:
+    account_id = store.create_account("Streams", "pro")
+    key = store.issue_key(account_id).api_key
+    event = b'data: {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}\n\n'
+    for body in (b"data: {\"id\": \"c", event + b"data: {\"id\""):    # broken inside the first event, after it
+        answer, _, relayed = _through_front(make_gateway, key, 200, "text/event-stream", body, claimed_length=5000,
+                                            stream=True)
+        assert answer == 200 and relayed.startswith(event) == body.startswith(event)
+        assert relayed.endswith(b"event: error\ndata: " + json.dumps(
+            {"error": {"message": "The upstream broke off the stream; the answer is incomplete.", "type": "api_error",
+                       "param": None, "code": "upstream_error"}}).encode() + b"\n\n")
+    wait_for(lambda: len(usage_rows(store.client, account_id)) == 2)
+    rows = [(r[b"outcome"], r[b"status"], r[b"calls"]) for r in usage_rows(store.client, account_id)]
+    assert rows == [(b"upstream_error", b"200", b"0"), (b"upstream_error", b"200", b"1")]
+    assert counted_quota(store.client, account_id)["used"] == 1
 
 
 def test_a_call_at_23_59_59_counts_in_its_month_and_one_at_midnight_in_the_next(
