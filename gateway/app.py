@@ -118,6 +118,13 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
             reply = await proxy.handle(scope, receive, rid)
         except errors.GatewayError as exc:
             reply = error_reply(exc)
+        except asyncio.CancelledError:     # the server stopping after its grace period (nothing else cancels it)
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            reply = error_reply(errors.ServiceUnavailable(
+                f"The gateway is stopping; request {rid} was not completed and is not billed. Retry it.",
+                code="gateway_stopping", headers={"retry-after": "1"}))
         except Exception:
             log.exception("unhandled error on %s (%s)", scope["path"], rid)
             reply = error_reply(errors.GatewayError(f"The gateway hit an internal error; it was logged under "
