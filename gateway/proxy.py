@@ -289,9 +289,9 @@ class Proxy:
             data = await response.read()
         except OSError:
             data = b""
-        finally:
+        finally:                          # also when cancelled (the server stopping): released either way
             response.close()
-        finish("upstream_error", None, False)
+            finish("upstream_error", None, False)
         status = response.status
         log.warning("upstream %s answered HTTP %d to %s: %s", upstream, status, admission.rid,
                     data[:500].decode("utf-8", "replace"))
