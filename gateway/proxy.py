@@ -202,8 +202,8 @@ class Proxy:
         started = time.perf_counter()
         try:
             response = await self.upstreams.request(upstream, method.encode(), endpoint.path.encode(), headers, body)
-        except asyncio.CancelledError:
-            self.settle(admission, Usage(False, "client_cancel", 0, latency_ms=elapsed_ms(started)))
+        except asyncio.CancelledError:     # the server stopping: the client is answered 503 (gateway.app)
+            self.settle(admission, Usage(False, "client_cancel", 503, latency_ms=elapsed_ms(started)))
             raise
         except TimeoutError:
             self.settle(admission, Usage(False, "upstream_error", 504, latency_ms=elapsed_ms(started)))
@@ -231,14 +231,17 @@ class Proxy:
         out_headers = response_headers(response.headers)
         out_headers += admission.header_pairs(released=status >= 400)
         if streaming and status == 200 and b"text/event-stream" in (response.header(b"content-type") or b""):
-            return Reply(status, out_headers, stream=relay_sse(response, strip_usage, finish))
+            def abandon() -> None:
+                response.close()
+                finish("client_cancel", None, False)
+            return Reply(status, out_headers, stream=relay_sse(response, strip_usage, finish), abandon=abandon)
         # A whole answer reaches the client only once read: if reading it fails, the client gets none of it and
         # the call is released (the row carries the status the client got), whatever the upstream's status was.
         try:
             data = await response.read()
-        except asyncio.CancelledError:        # the server stopping (grace period over)
+        except asyncio.CancelledError:        # the server stopping (grace period over): answered 503
             response.close()
-            self.settle(admission, Usage(False, "client_cancel", 0, latency_ms=latency))
+            self.settle(admission, Usage(False, "client_cancel", 503, latency_ms=latency))
             raise
         except TimeoutError:
             response.close()

@@ -48,7 +48,7 @@ async def relay_sse(response: UpstreamResponse, strip_usage_chunk: bool,
     splitter = SSESplitter()
     tokens: TokenCounts | None = None
     outcome = "client_cancel"
-    relayed = False
+    relayed = False        # an event of the answer (not a comment such as ": keep-alive") reached the client
     try:
         async for chunk in response.chunks():
             out = []
@@ -61,18 +61,17 @@ async def relay_sse(response: UpstreamResponse, strip_usage_chunk: bool,
                             continue
                 out.append(event)
             if out:
-                relayed = True
+                relayed = relayed or any(not event.startswith(b":") for event in out)
                 yield b"".join(out)
         rest = splitter.rest()
         if rest:
-            relayed = True
             yield rest
         outcome = "ok" if response.complete else "upstream_error"
     except OSError:            # TimeoutError, the upstream gone (UpstreamBroken, resets)
         outcome = "upstream_error"
     finally:
         response.close()   # aborts the upstream request when the client went away
-        finish(outcome, tokens, relayed or outcome != "upstream_error")   # broken before any event: not served
+        finish(outcome, tokens, relayed or outcome == "ok")   # cut before any event of the answer: not served
     if outcome == "upstream_error":
         yield BROKEN_STREAM   # tell the client the answer is incomplete (the openai SDK raises APIError)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from starlette.types import Receive, Send
@@ -19,6 +19,8 @@ from gateway.errors import GatewayError
 from gateway.headers import JSON_TYPE, raw
 
 Headers = list[tuple[bytes, bytes]]
+STOPPING_EVENT = (b'event: error\ndata: {"error": {"message": "The gateway is stopping; the answer is incomplete. '
+                  b'Retry it.", "type": "api_error", "param": null, "code": "gateway_stopping"}}\n\n')
 
 
 @dataclass(slots=True)
@@ -27,6 +29,7 @@ class Reply:
     headers: Headers
     body: bytes = b""
     stream: AsyncGenerator[bytes, None] | None = None     # set: the body is sent as it comes (chunked)
+    abandon: Callable[[], None] | None = None    # a stream never iterated (closing it runs none of its code)
 
 
 def error_reply(exc: GatewayError) -> Reply:
@@ -39,7 +42,7 @@ async def send_reply(reply: Reply, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body})
         return
-    await _send_stream(reply.status, reply.headers, reply.stream, receive, send)
+    await _send_stream(reply, reply.stream, receive, send)
 
 
 class _Watch:
@@ -58,24 +61,31 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch:
         task.cancel()
 
 
-async def _send_stream(status: int, headers: Headers, stream: AsyncGenerator[bytes, None], receive: Receive,
-                       send: Send) -> None:
+async def _send_stream(reply: Reply, stream: AsyncGenerator[bytes, None], receive: Receive, send: Send) -> None:
+    """Cancelled because the client went away: nothing more is sent. Cancelled because the server is stopping (its
+    grace period over): the stream ends with an error event, `gateway_stopping`, instead of breaking off."""
     task = asyncio.current_task()
     assert task is not None
     watch = _Watch()
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, watch))
+    started = False
     try:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        started = True
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         watch.streaming = False
         await send({"type": "http.response.body", "body": b""})
     except asyncio.CancelledError:
-        if not watch.gone:
-            raise                      # the server is stopping: not ours to swallow
-        task.uncancel()                # the client went away: the stream is closed below, nothing to send
+        task.uncancel()                # the client went away, or the server is stopping: ended here, either way
+        watch.streaming = False
+        if not watch.gone and started:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": STOPPING_EVENT})
     finally:
         watch.streaming = False
         watcher.cancel()
+        if not started and reply.abandon is not None:
+            reply.abandon()            # the relay never ran: its upstream request is closed and settled here
         with contextlib.suppress(Exception):
             await stream.aclose()      # runs the relay's clean-up (upstream closed, settle) if it did not end

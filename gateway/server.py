@@ -3,9 +3,11 @@
 The HTTP protocol is uvicorn's httptools one with a bound on the request head (gateway.http_protocol).
 
 On SIGINT or SIGTERM: stop accepting, let the requests in flight finish for up to AIHUB_SHUTDOWN_GRACE_S
-(then cancel them: their reservations are settled as cancelled), then the lifespan's shutdown flushes
-every queued settle before the Redis connections close. `serve` returns afterwards (the signal is not
-raised again), so `make up` can go on to drain the usage streams before it stops its Redis.
+(then cancel them: each is answered 503 `gateway_stopping`, or its stream ends with that error event, and
+settled as cancelled: released unless part of a stream had reached the client; connections still busy after that
+are dropped), then the lifespan's shutdown flushes every queued settle before the Redis connections close.
+`serve` returns afterwards (the signal is not raised again), so `make up` can go on to drain the usage streams
+before it stops its Redis.
 
 uvicorn was kept over granian 2.8 (benchmarks/README.md, issue 12): with the same app, granian's Rust HTTP layer
 used as much CPU per request or more (it does the socket work on threads of its own, so one process spreads over
@@ -97,7 +99,8 @@ class GracefulServer(uvicorn.Server):
     async def _wait_tasks_to_complete(self) -> None:
         """uvicorn's wait for open connections and running requests, bounded by the grace period; the
         requests still running then are cancelled and awaited, so their settles are queued before the
-        lifespan's shutdown flushes the queue."""
+        lifespan's shutdown flushes the queue (a request cut so is answered 503 `gateway_stopping`, or its stream
+        ends with that error event); connections still busy after that are aborted."""
         try:
             await asyncio.wait_for(super()._wait_tasks_to_complete(), self.grace_s)
         except TimeoutError:
@@ -109,6 +112,12 @@ class GracefulServer(uvicorn.Server):
                 await asyncio.wait(tasks, timeout=CANCELLED_WAIT_S)
             for connection in list(self.server_state.connections):
                 connection.shutdown()
+            stuck = [task for task in tasks if not task.done()]
+            if stuck:          # e.g. writing to a client that reads nothing: drop the connections, or we wait forever
+                log.warning("%d request(s) still writing after cancellation: closing their connections", len(stuck))
+                for connection in list(self.server_state.connections):
+                    connection.transport.abort()
+                await asyncio.wait(stuck, timeout=CANCELLED_WAIT_S)
 
 
 def ready_writer(fd: int) -> Callable[[], None]:

@@ -6,6 +6,7 @@ the whole foreground process group).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -234,6 +235,147 @@ def test_the_grace_period_bounds_a_stop_and_the_cut_request_is_settled(
     finally:
         client.close()
 
+
+# -- requests the grace period cuts -------------------------------------------------------------------------
+CHUNK = (b'data: {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": '
+         b'"Hi"}}]}\n\n')
+STREAM = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+WHOLE = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class CutUpstream:
+    """An upstream answering as X-Fake-Status asks: `big` (a 4 MB chat completion), `sse-stall` (an SSE stream that
+    sends nothing), `sse-one` (one chunk, then nothing); otherwise it waits X-Fake-Latency-Ms (30 s)."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                mode = self.headers.get("x-fake-status", "")
+                if mode == "big":
+                    page = json.dumps({"id": "c1", "object": "chat.completion", "pad": "x" * 4_000_000, "choices": [],
+                                       "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
+                if mode.startswith("sse"):
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("content-length", "100000")
+                    self.end_headers()
+                    self.wfile.write(CHUNK if mode == "sse-one" else b"")
+                    self.wfile.flush()
+                time.sleep(int(self.headers.get("x-fake-latency-ms", "30000")) / 1000)
+                self.close_connection = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def slow_upstream() -> Iterator[CutUpstream]:
+    upstream = CutUpstream()
+    yield upstream
+    upstream.server.shutdown()
+    upstream.server.server_close()
+
+
+def raw_request(api_key: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+    data = json.dumps(body).encode()
+    head = ["POST /v1/chat/completions HTTP/1.1", "Host: gateway", f"Authorization: Bearer {api_key}",
+            "Content-Type: application/json", f"Content-Length: {len(data)}",
+            *[f"{k}: {v}" for k, v in headers.items()]]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+
+
+def exchange(url: str, payload: bytes) -> bytes:
+    """Sends `payload` on a new connection and reads until the gateway closes it."""
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), 30) as sock:
+        sock.sendall(payload)
+        out = b""
+        while data := sock.recv(65536):
+            out += data
+        return out
+
+
+def test_a_stream_cut_by_a_stop_ends_with_an_error_event_and_is_billed_only_if_the_answer_began(
+        serve_process: Any, slow_upstream: CutUpstream, store: AccountStore, redis_url: str) -> None:
+    proc, url, err = serve_process(AIHUB_SHUTDOWN_GRACE_S="0.5", AIHUB_UPSTREAM_DEFAULT_URL=slow_upstream.url)
+    account_id = store.create_account("Cut streams", "pro")
+    api_key = store.issue_key(account_id).api_key
+    silent = in_background(exchange, url, raw_request(api_key, STREAM, {"X-Fake-Status": "sse-stall"}))
+    begun = in_background(exchange, url, raw_request(api_key, STREAM, {"X-Fake-Status": "sse-one"}))
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc, 20) < 8
+    for thread, _ in (silent, begun):
+        thread.join(10)
+    for (_, answer), began in ((silent, False), (begun, True)):
+        head, _, body = answer[0].partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and (b'"content":"Hi"' in body or b'"content": "Hi"' in body) == began
+        assert b'"code": "gateway_stopping"' in body and body.endswith(b"0\r\n\r\n")    # a complete chunked body
+    assert bad_lines(err.read_text()) == []          # no "Exception in ASGI application"
+    rows = sorted((r["outcome"], r["status"], r["calls"]) for r in usage_rows(redis_url, store, account_id).values())
+    assert rows == [("client_cancel", "200", "0"), ("client_cancel", "200", "1")]    # silent: not billed
+
+
+def test_a_client_that_reads_nothing_does_not_hold_up_a_stop(serve_process: Any, slow_upstream: CutUpstream,
+                                                             store: AccountStore, redis_url: str) -> None:
+    """A 4 MB answer the client never reads, and behind it on the same connection a slow request: the stop cuts
+    the slow one, cannot write it its 503, and drops the connection instead of waiting for ever."""
+    proc, url, _ = serve_process(AIHUB_SHUTDOWN_GRACE_S="0.5", AIHUB_UPSTREAM_DEFAULT_URL=slow_upstream.url)
+    account_id = store.create_account("Reads nothing", "pro")
+    api_key = store.issue_key(account_id).api_key
+    host, port = url.split("//")[1].split(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.sendall(raw_request(api_key, WHOLE, {"X-Fake-Status": "big"}) + raw_request(api_key, WHOLE, {}))
+        time.sleep(3.0)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_exit(proc, 30) < 20
+    assert proc.returncode == 0
+    rows = sorted((r["outcome"], r["status"], r["calls"]) for r in usage_rows(redis_url, store, account_id).values())
+    assert rows == [("client_cancel", "503", "0"), ("ok", "200", "1")]
+
+
+
+def test_a_stream_whose_answer_never_started_is_settled_when_its_client_goes(
+        serve_process: Any, slow_upstream: CutUpstream, store: AccountStore, redis_url: str) -> None:
+    """Behind an unread 4 MB answer on the same connection, a stream waits to send its head; the client resets
+    the connection: the relay never ran, yet the call is settled (released) at once, not left to the reaper."""
+    _, url, _ = serve_process(AIHUB_UPSTREAM_DEFAULT_URL=slow_upstream.url)
+    account_id = store.create_account("Never started", "pro")
+    api_key = store.issue_key(account_id).api_key
+    host, port = url.split("//")[1].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(raw_request(api_key, WHOLE, {"X-Fake-Status": "big"})
+                 + raw_request(api_key, STREAM, {"X-Fake-Status": "sse-one"}))
+    time.sleep(2.0)
+    sock.close()                                   # with unread data: a reset
+    deadline = time.monotonic() + 10
+    while len(usage_rows(redis_url, store, account_id)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = sorted((r["outcome"], r["status"], r["calls"]) for r in usage_rows(redis_url, store, account_id).values())
+    assert rows == [("client_cancel", "200", "0"), ("ok", "200", "1")]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.zcard(store.keys(account_id).reservations) == 0
+    finally:
+        client.close()
 
 # -- billing worker ---------------------------------------------------------------------------------------
 def test_sigterm_on_the_worker_drains_what_is_left_before_it_exits(redis_url: str, tmp_path: Path) -> None:
