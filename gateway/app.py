@@ -131,7 +131,12 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None,
                                                     f"request {rid}."))
         reply.headers.append((b"x-request-id", rid.encode()))
         requests.get(scope.get("aihub.route", "unknown"), reply.status, scope.get("aihub.model", "")).inc()
-        await send_reply(reply, receive, send)
+        try:
+            await send_reply(reply, receive, send)
+        except asyncio.CancelledError:     # the server stopping while the answer waits on a slow reader: dropped
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -34,6 +34,10 @@ def body_usage(body: bytes) -> TokenCounts | None:
     return parse_usage(usage_field(payload)) if isinstance(payload, dict) else None
 
 
+def _has_data(event: bytes) -> bool:
+    return event.startswith(b"data:") or b"\ndata:" in event
+
+
 def _is_usage_event(event: bytes) -> bool:
     return b'"usage"' in event and b'"usage":null' not in event and b'"usage": null' not in event
 
@@ -48,7 +52,7 @@ async def relay_sse(response: UpstreamResponse, strip_usage_chunk: bool,
     splitter = SSESplitter()
     tokens: TokenCounts | None = None
     outcome = "client_cancel"
-    relayed = False        # an event of the answer (not a comment such as ": keep-alive") reached the client
+    relayed = False        # an event of the answer (a `data:` line, not a comment such as ": keep-alive") was sent
     try:
         async for chunk in response.chunks():
             out = []
@@ -61,7 +65,7 @@ async def relay_sse(response: UpstreamResponse, strip_usage_chunk: bool,
                             continue
                 out.append(event)
             if out:
-                relayed = relayed or any(not event.startswith(b":") for event in out)
+                relayed = relayed or any(_has_data(event) for event in out)
                 yield b"".join(out)
         rest = splitter.rest()
         if rest:
@@ -71,7 +75,9 @@ async def relay_sse(response: UpstreamResponse, strip_usage_chunk: bool,
         outcome = "upstream_error"
     finally:
         response.close()   # aborts the upstream request when the client went away
-        finish(outcome, tokens, relayed or outcome == "ok")   # cut before any event of the answer: not served
+        # broken off by the upstream before any event of the answer reached the client: not served; a client that
+        # went away (or a stop) after the upstream's 200 is billed as the policy says
+        finish(outcome, tokens, relayed or outcome != "upstream_error")
     if outcome == "upstream_error":
         yield BROKEN_STREAM   # tell the client the answer is incomplete (the openai SDK raises APIError)
 

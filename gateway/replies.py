@@ -79,9 +79,16 @@ async def _send_stream(reply: Reply, stream: AsyncGenerator[bytes, None], receiv
     except asyncio.CancelledError:
         task.uncancel()                # the client went away, or the server is stopping: ended here, either way
         watch.streaming = False
-        if not watch.gone and started:
+        if not watch.gone:             # the server stopping: the client is told (a send to a client gone is a no-op)
             with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": STOPPING_EVENT})
+                if started:
+                    await send({"type": "http.response.body", "body": STOPPING_EVENT})
+                else:
+                    stopping = error_reply(GatewayError("The gateway is stopping; the request was not completed. "
+                                                        "Retry it.", code="gateway_stopping",
+                                                        headers={"retry-after": "1"}))
+                    await send({"type": "http.response.start", "status": 503, "headers": stopping.headers})
+                    await send({"type": "http.response.body", "body": stopping.body})
     finally:
         watch.streaming = False
         watcher.cancel()

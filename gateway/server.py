@@ -4,7 +4,7 @@ The HTTP protocol is uvicorn's httptools one with a bound on the request head (g
 
 On SIGINT or SIGTERM: stop accepting, let the requests in flight finish for up to AIHUB_SHUTDOWN_GRACE_S
 (then cancel them: each is answered 503 `gateway_stopping`, or its stream ends with that error event, and
-settled as cancelled: released unless part of a stream had reached the client; connections still busy after that
+settled as cancelled: a whole answer released, a stream the upstream had begun billed; connections still busy after that
 are dropped), then the lifespan's shutdown flushes every queued settle before the Redis connections close.
 `serve` returns afterwards (the signal is not raised again), so `make up` can go on to drain the usage streams
 before it stops its Redis.
